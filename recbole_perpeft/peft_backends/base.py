@@ -1,0 +1,52 @@
+"""The interface of a PEFT backend: a foundation encoder with one named adapter per user group.
+
+This is where PerPEFT's *per-group modules* live on the encoder side: group ``g`` owns the
+adapter named ``group_name(g)``. With ``n_groups == 1`` it is plain (global) PEFT.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+def group_name(group: int) -> str:
+    """The adapter name of a user group."""
+    return f"group_{group}"
+
+
+class GroupedItemEncoder(nn.Module, ABC):
+    """Encodes items with the adapter of one user group.
+
+    Content (tokenised titles, processed images, or IISAN's cached hidden states) is held by the
+    backend for every internal item id, so callers pass item ids only.
+    """
+
+    n_groups: int
+    feature_dim: int
+
+    @abstractmethod
+    def encode(self, item_ids: torch.Tensor, group: int) -> torch.Tensor:
+        """Features ``[len(item_ids), feature_dim]`` of the given items under ``group``'s adapter.
+
+        Gradients flow into that group's adapter parameters only; the foundation model's own
+        weights are frozen.
+        """
+
+    @abstractmethod
+    def copy_group(self, source: int, target: int) -> None:
+        """Make ``target``'s adapter an exact copy of ``source``'s (stage-3 init, regrouping)."""
+
+    @abstractmethod
+    def group_parameters(self, group: int) -> Iterator[nn.Parameter]:
+        """The trainable parameters that belong to ``group``'s adapter."""
+
+    def trainable_parameters_per_group(self) -> int:
+        return sum(p.numel() for p in self.group_parameters(0))
+
+    @abstractmethod
+    def foundation_parameter_count(self) -> int:
+        """Parameters of the frozen foundation model (for the overhead report)."""
