@@ -1,0 +1,124 @@
+"""The plugin's ``Config``: RecBole's, plus the plugin's properties and model lookup.
+
+Priority, lowest first: RecBole's own property files < ``properties/overall.yaml`` <
+``properties/model/<Model>.yaml`` < ``properties/dataset/<dataset>.yaml`` < ``--config_files``
+< ``config_dict`` (the CLI's ``--key=value``). Unlike RecBole, this ``Config`` never reads
+``sys.argv`` itself (the CLI parses it), so it behaves the same under pytest and Ray Tune, and
+it parses values with a safe YAML loader instead of ``eval``.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
+
+from recbole_perpeft.compat import restore_numpy_aliases
+from recbole_perpeft.utils import get_model
+
+_FLOAT_PATTERN = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """A safe YAML loader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_PATTERN, list("-+0123456789."))
+
+
+def parse_value(text: str) -> Any:
+    """Parse one ``--key=value`` value: YAML scalars, lists and dicts; anything else stays text."""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)
+    except yaml.YAMLError:
+        return text
+
+
+def properties_dir() -> Path:
+    """The plugin's ``properties/`` folder, in a source checkout or an installed wheel."""
+    checkout = Path(__file__).resolve().parent.parent / "properties"
+    if (checkout / "overall.yaml").is_file():
+        return checkout
+    installed = Path(str(resources.files("recbole_perpeft") / "properties"))
+    if (installed / "overall.yaml").is_file():
+        return installed
+    raise FileNotFoundError(
+        f"recbole_perpeft's properties folder is missing (looked in {checkout} and {installed})"
+    )
+
+
+class Config(RecBoleConfig):
+    """RecBole's ``Config`` with the plugin's models and property files (see module docstring)."""
+
+    def __init__(
+        self,
+        model: str | type | None = None,
+        dataset: str | None = None,
+        config_file_list: list[str] | None = None,
+        config_dict: dict[str, Any] | None = None,
+    ) -> None:
+        restore_numpy_aliases()
+        super().__init__(model, dataset, config_file_list, config_dict)
+
+    def _build_yaml_loader(self):
+        return ConfigLoader
+
+    def _convert_config_dict(self, config_dict):
+        return {
+            key: parse_value(value) if isinstance(value, str) else value
+            for key, value in config_dict.items()
+        }
+
+    def _load_cmd_line(self):
+        return {}
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+        if model is None or dataset is None:
+            raise KeyError("both 'model' and 'dataset' must be given")
+        if isinstance(model, str):
+            return model, get_model(model), dataset
+        return model.__name__, model, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        root = properties_dir()
+        for file in (
+            root / "overall.yaml",
+            root / "model" / f"{model}.yaml",
+            root / "dataset" / f"{dataset}.yaml",
+        ):
+            if file.is_file():
+                loaded = self._update_internal_config_dict(file) or {}
+                if file.parent.name == "dataset":
+                    self.parameters["Dataset"] += [
+                        key for key in loaded if key not in self.parameters["Dataset"]
+                    ]
+
+    def _set_default_parameters(self):
+        # RecBole's own default negative sampling contradicts ``loss_type: CE`` for sequential
+        # models (SASRec's default), so `--model=SASRec` would not start; drop the default
+        # unless the user asked for sampling explicitly.
+        final = self.final_config_dict
+        if (
+            final.get("loss_type") == "CE"
+            and final.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+            and "train_neg_sample_args" not in self.external_config_dict
+        ):
+            final["train_neg_sample_args"] = None
+        super()._set_default_parameters()

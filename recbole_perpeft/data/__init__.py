@@ -1,0 +1,1 @@
+"""Data room: datasets, item content, content cache, converters, embedded datasets."""

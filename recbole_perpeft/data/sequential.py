@@ -1,0 +1,97 @@
+"""The sequential dataset every sequential model of the CLI uses (plugin and built-in).
+
+On top of RecBole's ``SequentialDataset`` it
+
+* records each user's history at evaluation time, so full ranking can exclude the items a
+  user already interacted with (the paper's protocol; RecBole does not do this for sequential
+  models), and
+* offers the paper's *training unit*: one sample per user (the last ``MAX_ITEM_LIST_LENGTH``
+  training items, loss at every position) instead of RecBole's prefix augmentation (one
+  sample per interaction, loss at the last position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from recbole.data.dataset import SequentialDataset
+
+TRAIN_UNITS = ("prefix", "user")
+
+
+@dataclass
+class UserItems:
+    """A sparse user -> items table (CSR over internal ids)."""
+
+    indptr: torch.Tensor  # [n_users + 1]
+    items: torch.Tensor  # [nnz], sorted within each user
+
+    @classmethod
+    def from_pairs(cls, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int):
+        keys = torch.unique(users.long() * n_items + items.long())  # sorted, deduplicated
+        key_users = torch.div(keys, n_items, rounding_mode="floor")
+        counts = torch.bincount(key_users, minlength=n_users)
+        indptr = torch.zeros(n_users + 1, dtype=torch.long)
+        indptr[1:] = torch.cumsum(counts, 0)
+        return cls(indptr=indptr, items=keys % n_items)
+
+    def of_user(self, user: int) -> torch.Tensor:
+        return self.items[self.indptr[user] : self.indptr[user + 1]]
+
+    def pairs_of(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(row, item)`` for every item of every user in ``users`` (row = position in ``users``)."""
+        users = users.cpu().long()
+        starts = self.indptr[users]
+        counts = self.indptr[users + 1] - starts
+        rows = torch.repeat_interleave(torch.arange(len(users)), counts)
+        first_of_row = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        positions = torch.arange(int(counts.sum())) - first_of_row + starts[rows]
+        return rows, self.items[positions]
+
+
+def sequence_items(dataset: SequentialDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``(user, item)`` a split's rows mention: input sequences and targets."""
+    uid_field, iid_field = dataset.uid_field, dataset.iid_field
+    item_list = dataset.inter_feat[iid_field + dataset.config["LIST_SUFFIX"]]
+    users = dataset.inter_feat[uid_field]
+    mask = item_list != 0
+    list_users = users.unsqueeze(1).expand_as(item_list)[mask]
+    return (
+        torch.cat([list_users, users]),
+        torch.cat([item_list[mask], dataset.inter_feat[iid_field]]),
+    )
+
+
+def last_row_per_user(dataset: SequentialDataset) -> SequentialDataset:
+    """Keep each user's last training row: the paper's one sample per user per epoch."""
+    users = dataset.inter_feat[dataset.uid_field]
+    is_last = torch.ones(len(users), dtype=torch.bool)
+    is_last[:-1] = users[1:] != users[:-1]
+    return dataset.copy(dataset.inter_feat[is_last.nonzero().squeeze(1)])
+
+
+class PluginSequentialDataset(SequentialDataset):
+    """``SequentialDataset`` with evaluation histories and a selectable training unit."""
+
+    def build(self):
+        train, valid, test = super().build()
+        n_users, n_items = self.user_num, self.item_num
+        train_users, train_items = sequence_items(train)
+        # Validation ranks after the training items; the test also after the validation item.
+        train.history = UserItems.from_pairs(train_users, train_items, n_users, n_items)
+        valid.history = train.history
+        test.history = UserItems.from_pairs(
+            torch.cat([train_users, valid.inter_feat[self.uid_field]]),
+            torch.cat([train_items, valid.inter_feat[self.iid_field]]),
+            n_users,
+            n_items,
+        )
+        train_unit = self.config["train_unit"] or "prefix"
+        if train_unit not in TRAIN_UNITS:
+            raise ValueError(f"train_unit must be one of {TRAIN_UNITS}, got '{train_unit}'")
+        if train_unit == "user":
+            history = train.history
+            train = last_row_per_user(train)
+            train.history = history
+        return [train, valid, test]

@@ -1,0 +1,17 @@
+"""Errors the CLI turns into one clear line and a non-zero exit, never a traceback."""
+
+
+class PerPEFTError(Exception):
+    """Base class of user-facing errors (bad input, missing files, unknown names)."""
+
+
+class UnknownModelError(PerPEFTError):
+    pass
+
+
+class DatasetNotFoundError(PerPEFTError):
+    pass
+
+
+class ConfigError(PerPEFTError):
+    pass

@@ -1,0 +1,188 @@
+"""Run one model on one dataset end to end and return (and optionally write) its results."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import resource
+import sys
+from logging import getLogger
+from pathlib import Path
+from typing import Any
+
+import torch
+from recbole.data import data_preparation
+from recbole.utils import ModelType, init_logger, init_seed
+
+from recbole_perpeft.config import Config
+from recbole_perpeft.data.sequential import PluginSequentialDataset
+from recbole_perpeft.errors import ConfigError, DatasetNotFoundError, PerPEFTError
+from recbole_perpeft.utils import get_model, get_trainer
+
+_DEFAULT_DATASET_CLASS = {
+    ModelType.GENERAL: "Dataset",
+    ModelType.SEQUENTIAL: "SequentialDataset",
+    ModelType.CONTEXT: "Dataset",
+    ModelType.KNOWLEDGE: "KnowledgeBasedDataset",
+    ModelType.TRADITIONAL: "Dataset",
+    ModelType.DECISIONTREE: "Dataset",
+}
+
+
+def build_config(
+    model: str,
+    dataset: str,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+) -> Config:
+    """The run's ``Config``; RecBole's validation errors become one-line :class:`ConfigError`."""
+    for file in config_file_list or []:
+        if not Path(file).is_file():
+            raise ConfigError(f"config file not found: {file}")
+    try:
+        return Config(model, dataset, config_file_list, config_dict)
+    except PerPEFTError:
+        raise
+    except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as error:
+        raise ConfigError(f"invalid configuration: {error}") from error
+
+
+def check_dataset_files(config: Config) -> None:
+    """Fail early, with what exists, when the dataset's atomic files are missing.
+
+    (RecBole would otherwise try to download known names, which cannot work offline.)
+    """
+    data_dir = Path(config["data_path"])
+    inter_file = data_dir / f"{config['dataset']}.inter"
+    if inter_file.is_file():
+        return
+    parent = data_dir.parent
+    found = sorted(p.name for p in parent.iterdir() if (p / f"{p.name}.inter").is_file()) if parent.is_dir() else []
+    raise DatasetNotFoundError(
+        f"dataset '{config['dataset']}' not found: {inter_file} does not exist. "
+        f"Embedded: ml-100k. Found under {parent}: {', '.join(found) or 'nothing'}"
+    )
+
+
+def create_dataset(config: Config):
+    """The dataset object for ``config['model']``, built without RecBole's pickle cache.
+
+    (RecBole's ``create_dataset`` unpickles ``saved/<dataset>-<class>.pth`` when present,
+    which executes whatever that file holds.)
+    """
+    check_dataset_files(config)
+    model_class = get_model(config["model"])
+    dataset_class = getattr(model_class, "dataset_class", None)
+    if dataset_class is None:
+        recbole_datasets = importlib.import_module("recbole.data.dataset")
+        specific = getattr(recbole_datasets, f"{config['model']}Dataset", None)
+        if specific is not None:
+            dataset_class = specific
+        elif config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+            dataset_class = PluginSequentialDataset
+        else:
+            dataset_class = getattr(recbole_datasets, _DEFAULT_DATASET_CLASS[config["MODEL_TYPE"]])
+    return dataset_class(config)
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (and of the CUDA allocator, when used)."""
+    peaks = {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["peak_cuda_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    return {
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _plain(result: dict | None) -> dict[str, float] | None:
+    return None if result is None else {key: float(value) for key, value in result.items()}
+
+
+def run_recbole_perpeft(
+    model: str,
+    dataset: str,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    saved: bool = True,
+    result_file: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train, validate and test ``model`` on ``dataset``; return the result record.
+
+    The record (also written as JSON to ``result_file`` when given) holds the metrics under
+    RecBole's names (``ndcg@20``, ``hit@20``, ...), dataset statistics, timings, peak memory
+    and parameter counts.
+    """
+    config = build_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_class = get_model(config["model"])
+    recommender = model_class(config, train_data._dataset).to(config["device"])
+    logger.info(recommender)
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+    logger.info(f"best valid : {best_valid_result}")
+    logger.info(f"test result: {test_result}")
+
+    record: dict[str, Any] = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        "device": str(config["device"]),
+        "dataset_stats": {
+            "users": data.user_num - 1,
+            "items": data.item_num - 1,
+            "interactions": data.inter_num,
+        },
+        "best_valid_score": float(best_valid_score),
+        "best_valid_result": _plain(best_valid_result),
+        "test_result": _plain(test_result),
+        "train_epoch_seconds": list(trainer.train_epoch_seconds),
+        "valid_seconds": list(trainer.valid_seconds),
+        "eval_seconds": trainer.last_eval_seconds,
+        **peak_memory_mb(),
+        "params": parameter_counts(recommender),
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+    if hasattr(recommender, "report"):
+        record.update(recommender.report())
+    if result_file:
+        write_result(record, result_file)
+        logger.info(f"result written to {result_file}")
+    return record
+
+
+def write_result(record: dict[str, Any], result_file: str | Path) -> None:
+    path = Path(result_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+
+
+def close_log_handlers() -> None:
+    """Release RecBole's log file handlers (several runs in one process otherwise leak them)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            root.removeHandler(handler)
+    sys.stdout.flush()

@@ -1,0 +1,184 @@
+"""Checkpoint-safe, timed RecBole trainers.
+
+``make_safe(TrainerClass)`` returns a subclass of any RecBole trainer that
+
+* saves checkpoints holding tensors and builtins only (no pickled ``Config``), written
+  atomically under a name no parallel run shares;
+* loads them with ``torch.load(..., weights_only=True)`` for the test step and for resuming;
+* records the seconds of every training epoch and evaluation for the result file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from recbole_perpeft.compat import atomic_torch_save, safe_load, unique_checkpoint_name
+
+CHECKPOINT_FORMAT = 1
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "kind": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    np.random.set_state(
+        (
+            state["kind"],
+            state["keys"].numpy().astype(np.uint32),
+            state["pos"],
+            state["has_gauss"],
+            state["cached"],
+        )
+    )
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random state a training run draws from, as weights-only-loadable values."""
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_rng_state(),
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    _set_numpy_rng_state(states["numpy"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class SafeTrainerMixin:
+    """Mixed in before a RecBole trainer class; see the module docstring."""
+
+    def __init__(self, config, model):  # noqa: D107 - signature fixed by RecBole
+        super().__init__(config, model)
+        self.saved_model_file = os.path.join(
+            self.checkpoint_dir, unique_checkpoint_name(config["model"])
+        )
+        self.train_epoch_seconds: list[float] = []
+        self.valid_seconds: list[float] = []
+        self.last_eval_seconds: float = 0.0
+
+    # ----------------------------------------------------------------- timing
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        start = time.perf_counter()
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        self.train_epoch_seconds.append(time.perf_counter() - start)
+        return loss
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self.valid_seconds.append(self.last_eval_seconds)
+        return result
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        """What a checkpoint holds: weights, optimiser, progress and RNG states; no code."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.config["model"],
+            "epoch": int(epoch),
+            "cur_step": int(self.cur_step),
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_states(),
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        atomic_torch_save(self.checkpoint_state(epoch), saved_model_file)
+        if verbose:
+            self.logger.info(f"Saving current: {saved_model_file}")
+
+    def load_weights(self, checkpoint_file: str) -> dict[str, Any]:
+        """Load model weights from a checkpoint (weights-only) and return the checkpoint."""
+        checkpoint = safe_load(checkpoint_file, map_location=self.device)
+        if checkpoint.get("model", self.config["model"]).lower() != self.config["model"].lower():
+            raise ValueError(
+                f"checkpoint {checkpoint_file} holds model '{checkpoint['model']}', "
+                f"not '{self.config['model']}'"
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        return checkpoint
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = self.load_weights(resume_file)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if "rng" in checkpoint:
+            set_rng_states(checkpoint["rng"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return None
+        if load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            self.load_weights(checkpoint_file)
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        self._eval_history = None
+        if self.config["exclude_history"]:
+            self._eval_history = getattr(eval_data._dataset, "history", None)
+        start = time.perf_counter()
+        result = super().evaluate(
+            eval_data, load_best_model=False, model_file=None, show_progress=show_progress
+        )
+        self.last_eval_seconds = time.perf_counter() - start
+        return result
+
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        history = getattr(self, "_eval_history", None)
+        if history is not None:
+            # RecBole ranks a sequential model's past items too; the paper's protocol does not.
+            rows, items = history.pairs_of(interaction[self.config["USER_ID_FIELD"]])
+            rows, items = rows.to(scores.device), items.to(scores.device)
+            targets = interaction[self.config["ITEM_ID_FIELD"]].to(scores.device)
+            keep = items != targets[rows]
+            scores[rows[keep], items[keep]] = -float("inf")
+        return interaction, scores, positive_u, positive_i
+
+
+_SAFE_CLASSES: dict[type, type] = {}
+
+
+def make_safe(trainer_class: type) -> type:
+    """The checkpoint-safe, timed subclass of a RecBole trainer class."""
+    if issubclass(trainer_class, SafeTrainerMixin):
+        return trainer_class
+    if trainer_class not in _SAFE_CLASSES:
+        _SAFE_CLASSES[trainer_class] = type(
+            f"Safe{trainer_class.__name__}", (SafeTrainerMixin, trainer_class), {}
+        )
+    return _SAFE_CLASSES[trainer_class]
