@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from recbole_perpeft.config import parse_value
 from recbole_perpeft.errors import ConfigError, PerPEFTError

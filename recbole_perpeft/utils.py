@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import pkgutil
-from functools import lru_cache
+from functools import cache
+from pathlib import Path
 
 from recbole.utils import ModelType
 
@@ -21,7 +21,7 @@ _RECBOLE_SUBMODULES = (
 _RECBOLE_EXLIB = {"lightgbm": "lightgbm", "xgboost": "xgboost"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def plugin_models() -> dict[str, type]:
     """The models this plugin adds, by class name."""
     from recbole_perpeft import model as plugin_model_package
@@ -32,42 +32,37 @@ def plugin_models() -> dict[str, type]:
     }
 
 
-@lru_cache(maxsize=None)
-def recbole_model_names() -> dict[str, str]:
-    """RecBole's model names (lower-case module name -> module path), without importing them."""
-    import recbole.model
+@cache
+def recbole_model_names() -> dict[str, tuple[str, str]]:
+    """RecBole's models: lower-case name -> (module path, class name), importing none of them.
 
-    names: dict[str, str] = {}
-    for submodule in _RECBOLE_SUBMODULES:
-        package = importlib.import_module(f"recbole.model.{submodule}")
-        for info in pkgutil.iter_modules(package.__path__):
-            names[info.name] = f"recbole.model.{submodule}.{info.name}"
-    for name in _RECBOLE_EXLIB:
-        names[name] = f"recbole.model.exlib_recommender.{name}"
-    del recbole.model
+    Importing ``recbole.model.exlib_recommender`` imports lightgbm and xgboost, so the model
+    files are listed and read as text instead.
+    """
+    spec = importlib.util.find_spec("recbole.model")
+    assert spec is not None and spec.submodule_search_locations
+    model_root = Path(next(iter(spec.submodule_search_locations)))
+    names: dict[str, tuple[str, str]] = {}
+    for submodule in (*_RECBOLE_SUBMODULES, "exlib_recommender"):
+        for file in sorted((model_root / submodule).glob("*.py")):
+            class_name = _class_name_in(file)
+            if class_name:
+                names[file.stem] = (f"recbole.model.{submodule}.{file.stem}", class_name)
     return names
 
 
 def available_models() -> list[str]:
     """Every model name the CLI accepts (plugin models first)."""
-    recbole_names = []
-    for module_path in recbole_model_names().values():
-        recbole_names.append(_class_name_in(module_path))
-    return list(plugin_models()) + sorted(n for n in recbole_names if n)
+    return list(plugin_models()) + sorted(name for _, name in recbole_model_names().values())
 
 
-def _class_name_in(module_path: str) -> str:
-    # RecBole's module files are the lower-cased class names; recover the class spelling
-    # from the module's source without importing it (imports can pull optional libraries).
-    spec = importlib.util.find_spec(module_path)
-    if spec is None or spec.origin is None:
-        return ""
-    wanted = module_path.rsplit(".", 1)[1]
-    with open(spec.origin, encoding="utf-8") as source:
+def _class_name_in(file: Path) -> str:
+    # RecBole's model files are named after their class, lower-cased.
+    with open(file, encoding="utf-8") as source:
         for line in source:
             if line.startswith("class "):
                 name = line[len("class "):].split("(")[0].split(":")[0].strip()
-                if name.lower() == wanted:
+                if name.lower() == file.stem:
                     return name
     return ""
 
@@ -80,8 +75,8 @@ def get_model(model_name: str) -> type:
     """
     if model_name in plugin_models():
         return plugin_models()[model_name]
-    module_path = recbole_model_names().get(model_name.lower())
-    if module_path is None:
+    found = recbole_model_names().get(model_name.lower())
+    if found is None:
         raise UnknownModelError(
             f"unknown model '{model_name}'. Available models: {', '.join(available_models())}"
         )
@@ -91,11 +86,8 @@ def get_model(model_name: str) -> type:
             f"model '{model_name}' needs the optional library '{optional_library}' "
             f"(pip install {optional_library})"
         )
-    module = importlib.import_module(module_path)
-    for attribute in dir(module):
-        if attribute.lower() == model_name.lower() and isinstance(getattr(module, attribute), type):
-            return getattr(module, attribute)
-    raise UnknownModelError(f"module {module_path} defines no model class '{model_name}'")
+    module_path, class_name = found
+    return getattr(importlib.import_module(module_path), class_name)
 
 
 def get_trainer(model_type: ModelType, model_name: str) -> type:

@@ -1,0 +1,50 @@
+"""Shared fixtures: every test runs in its own working directory (RecBole writes log/ and saved/)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Small, fast settings for RecBole's sequential baselines on ml-100k.
+SMALL_SEQ = {
+    "MAX_ITEM_LIST_LENGTH": 10,
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "train_batch_size": 1024,
+    "eval_batch_size": 1024,
+    "user_inter_num_interval": "[5,60]",
+    "show_progress": False,
+    "state": "WARNING",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECBOLE_PERPEFT_HOME", str(tmp_path / "home"))
+    yield
+
+
+def cli_args(settings: dict) -> list[str]:
+    return [f"--{key}={value}" for key, value in settings.items()]
+
+
+def run_cli(*args: str, timeout: int = 600):
+    import subprocess
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_recbole_perpeft.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
