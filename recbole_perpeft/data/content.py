@@ -7,13 +7,16 @@ and we need the original text for the foundation model's own tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
 import re
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +61,9 @@ class ItemContent:
 
 def clean_title(title: str) -> str:
     """Make a title safe for one field of a tab-separated atomic file (no tabs, newlines, CR)."""
-    return " ".join(title.replace("\t", " ").replace("\r", " ").replace("\n", " ").split())
+    return " ".join(
+        title.replace("\t", " ").replace("\r", " ").replace("\n", " ").split()
+    )
 
 
 def is_safe_relative_path(rel: str) -> bool:
@@ -92,8 +97,8 @@ def _field_index(header: list[str], name: str) -> int | None:
     return None
 
 
-def _verify_image(path: Path) -> bool:
-    """Cheap validity check: the header parses and ``verify()`` passes (no full decode)."""
+def is_valid_image(path: Path) -> bool:
+    """Cheap validity check of an image file: the header parses and ``verify()`` passes."""
     from PIL import Image
 
     try:
@@ -102,6 +107,20 @@ def _verify_image(path: Path) -> bool:
         return True
     except Exception:  # noqa: BLE001 - PIL raises many unrelated types for a bad file
         return False
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _read_lines(path: Path) -> tuple[list[str], int]:
@@ -163,9 +182,13 @@ def load_item_content(
     title_col = _field_index(header, title_field)
     image_col = _field_index(header, image_field)
     if title_col is None:
-        log.warning("%s has no '%s' column: every item is without title", item_path, title_field)
+        log.warning(
+            "%s has no '%s' column: every item is without title", item_path, title_field
+        )
     if image_col is None:
-        log.warning("%s has no '%s' column: every item is without image", item_path, image_field)
+        log.warning(
+            "%s has no '%s' column: every item is without image", item_path, image_field
+        )
 
     examples: dict[str, list[str]] = {k: [] for k in REPORT_KEYS}
     counts: dict[str, int] = {k: 0 for k in REPORT_KEYS}
@@ -183,7 +206,10 @@ def load_item_content(
         if not row or (len(row) == 1 and row[0].strip() == ""):
             continue  # blank lines carry nothing
         if len(row) != n_cols:
-            flag("malformed_lines", f"line {line_no}: {len(row)} columns, expected {n_cols}")
+            flag(
+                "malformed_lines",
+                f"line {line_no}: {len(row)} columns, expected {n_cols}",
+            )
             continue
         item = row[id_col]
         if item in rows:
@@ -232,7 +258,7 @@ def load_item_content(
             flag("image_missing", f"{item}: {image}")
             flag("no_image", item)
             continue
-        if size == 0 or (verify_images and not _verify_image(path)):
+        if size == 0 or (verify_images and not is_valid_image(path)):
             flag("image_corrupt", f"{item}: {image}")
             flag("no_image", item)
             continue
@@ -281,8 +307,6 @@ def write_inter_file(path: Path, rows: Sequence[tuple[str, str, float]]) -> None
     ``rows`` are written in the given order (callers pass them time-ordered); the write goes
     through a temporary file and ``os.replace`` so a reader never sees half a file.
     """
-    from recbole_perpeft.data.download import atomic_write_text
-
     lines = ["user_id:token\titem_id:token\ttimestamp:float"]
     lines += [f"{u}\t{i}\t{_format_time(t)}" for u, i, t in rows]
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
@@ -299,12 +323,18 @@ def write_item_file(
     Titles are cleaned with :func:`clean_title`; the image column holds a file name relative to
     the images folder, or is empty when the item has no image.
     """
-    from recbole_perpeft.data.download import atomic_write_text
-
     lines = [f"item_id:token\t{title_field}:token_seq\t{image_field}:token"]
     for item, title, image in rows:
-        if "\t" in item or "\n" in item or "\r" in item or "\t" in image or "\n" in image:
-            raise ValueError(f"item id or image name contains a tab or newline: {item!r} / {image!r}")
+        if (
+            "\t" in item
+            or "\n" in item
+            or "\r" in item
+            or "\t" in image
+            or "\n" in image
+        ):
+            raise ValueError(
+                f"item id or image name contains a tab or newline: {item!r} / {image!r}"
+            )
         lines.append(f"{item}\t{clean_title(title)}\t{image}")
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
 

@@ -73,7 +73,9 @@ def cache_key(content: ItemContent, processor: ItemProcessor) -> str:
     put("text_length", str(processor.text_length))
     put("image_shape", repr(processor.image_shape))
     put("n", str(len(content)))
-    for raw_id, title, path in zip(content.raw_item_ids, content.titles, content.image_paths):
+    for raw_id, title, path in zip(
+        content.raw_item_ids, content.titles, content.image_paths
+    ):
         put("id", raw_id)
         put("title", title)
         if path is None:
@@ -106,7 +108,9 @@ def _load(path: Path, key: str, processor: ItemProcessor, n_items: int) -> Conte
     except (OSError, ValueError) as err:
         raise ValueError(f"{meta_path} is unreadable: {err}") from err
     if meta.get("format_version") != FORMAT_VERSION or meta.get("key") != key:
-        raise ValueError(f"{meta_path} does not describe this cache (key/format differ)")
+        raise ValueError(
+            f"{meta_path} does not describe this cache (key/format differ)"
+        )
     tensors: dict[str, torch.Tensor] = {}
     for name in _expected_files(processor):
         spec = meta.get("arrays", {}).get(name)
@@ -129,7 +133,9 @@ def _load(path: Path, key: str, processor: ItemProcessor, n_items: int) -> Conte
         if arr.shape[0] != n_items:
             raise ValueError(f"{file} has {arr.shape[0]} rows, expected {n_items}")
         tensors[name] = torch.from_numpy(arr)
-    return ContentCache(key=key, path=path, tensors=tensors, built=False, report=meta.get("report", {}))
+    return ContentCache(
+        key=key, path=path, tensors=tensors, built=False, report=meta.get("report", {})
+    )
 
 
 def _ensure_writable(cache_root: Path) -> None:
@@ -177,7 +183,9 @@ def _build(
     if processor.image_shape is not None:
         shape = (n, *processor.image_shape)
         # float16 halves the disk; written batch by batch so the full array never sits in RAM.
-        pixels = np.lib.format.open_memmap(tmp / "pixel_values.npy", mode="w+", dtype=np.float16, shape=shape)
+        pixels = np.lib.format.open_memmap(
+            tmp / "pixel_values.npy", mode="w+", dtype=np.float16, shape=shape
+        )
     corrupt: list[str] = []
     bar = tqdm(total=n, desc="content cache", unit="item", disable=not show_progress)
     for start in range(0, n, batch_size):
@@ -301,7 +309,9 @@ def build_or_load_content_cache(
         tmp = cache_root / f".{key}.tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            report = _build(tmp, key, content, processor, batch_size, show_progress, log)
+            report = _build(
+                tmp, key, content, processor, batch_size, show_progress, log
+            )
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -20,9 +20,10 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any
 
 import pandas as pd
 
@@ -52,7 +53,9 @@ class ConversionReport:
     def format(self) -> str:
         lines = [f"dataset '{self.name}' written to {self.dataset_dir}"]
         width = max((len(k) for k in self.counts), default=0)
-        lines += [f"  {k.replace('_', ' '):<{width}}  {v}" for k, v in self.counts.items()]
+        lines += [
+            f"  {k.replace('_', ' '):<{width}}  {v}" for k, v in self.counts.items()
+        ]
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(
             "run it with:\n  python run_recbole_perpeft.py --model=PerPEFT "
@@ -120,9 +123,15 @@ def choose_image_url(images: Any) -> str | None:
     next entry. Older dumps store a dict of lists; it is read the same way.
     """
     if isinstance(images, dict):
-        keys = [k for k in ("large", "hi_res", "thumb", "variant") if isinstance(images.get(k), list)]
+        keys = [
+            k
+            for k in ("large", "hi_res", "thumb", "variant")
+            if isinstance(images.get(k), list)
+        ]
         n = max((len(images[k]) for k in keys), default=0)
-        images = [{k: images[k][i] for k in keys if i < len(images[k])} for i in range(n)]
+        images = [
+            {k: images[k][i] for k in keys if i < len(images[k])} for i in range(n)
+        ]
     if not isinstance(images, list):
         return None
     entries = [im for im in images if isinstance(im, dict)]
@@ -187,13 +196,22 @@ def convert_amazon2023(
     times: list[float] = []
     invalid = 0
     for obj in iter_jsonl(Path(reviews), bad_review_lines):
-        user, item, ts = _token(obj.get("user_id")), _token(obj.get("parent_asin")), obj.get("timestamp")
+        user, item, ts = (
+            _token(obj.get("user_id")),
+            _token(obj.get("parent_asin")),
+            obj.get("timestamp"),
+        )
         if isinstance(ts, str):
             try:
                 ts = float(ts)
             except ValueError:
                 ts = None
-        if user is None or item is None or not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        if (
+            user is None
+            or item is None
+            or not isinstance(ts, (int, float))
+            or isinstance(ts, bool)
+        ):
             invalid += 1
             continue
         users.append(user)
@@ -208,7 +226,9 @@ def convert_amazon2023(
             + (" ..." if len(bad_review_lines) > _EXAMPLES else "")
         )
     if not users:
-        raise ConversionError(f"no usable review in {reviews} (fields user_id, parent_asin, timestamp)")
+        raise ConversionError(
+            f"no usable review in {reviews} (fields user_id, parent_asin, timestamp)"
+        )
 
     df = pd.DataFrame({"user": users, "item": items, "ts": times})
     # Stable sort on time only: ties keep the order of the review file.
@@ -255,7 +275,9 @@ def convert_amazon2023(
     c["items"] = len(item_order)
     c["interactions"] = len(df)
     c["items_without_metadata"] = sum(1 for i in item_order if i not in titles)
-    c["items_without_title"] = sum(1 for i in item_order if not titles.get(i, "").strip())
+    c["items_without_title"] = sum(
+        1 for i in item_order if not titles.get(i, "").strip()
+    )
     c["items_without_image_url"] = sum(1 for i in item_order if not urls.get(i))
 
     dataset_dir.mkdir(parents=True, exist_ok=True)
@@ -281,7 +303,9 @@ def convert_amazon2023(
         for kind, n in sorted(dl.failed.items()):
             c[f"images_failed_{kind}"] = n
         if dl.failures:
-            report.notes.append(f"image failures listed in {dataset_dir / 'download_failures.tsv'}")
+            report.notes.append(
+                f"image failures listed in {dataset_dir / 'download_failures.tsv'}"
+            )
     else:
         report.notes.append("--no-images: the image column is empty for every item")
     c["items_without_image"] = len(item_order) - len(files)
@@ -302,9 +326,11 @@ def _load_trusted_pickle(path: Path) -> dict[Any, Any]:
         raise ConversionError(f"{path} does not exist")
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh)  # noqa: S301 - only reached with --trust-pickles (trusted input)
-    except Exception as err:  # noqa: BLE001 - unpickling can raise anything
-        raise ConversionError(f"cannot unpickle {path}: {type(err).__name__}: {err}") from err
+            obj = pickle.load(fh)  # only reached with --trust-pickles (trusted input)
+    except Exception as err:  # unpickling can raise anything
+        raise ConversionError(
+            f"cannot unpickle {path}: {type(err).__name__}: {err}"
+        ) from err
     if not hasattr(obj, "items"):
         raise ConversionError(f"{path} holds a {type(obj).__name__}, expected a dict")
     return dict(obj.items())
@@ -352,7 +378,9 @@ def convert_perpeft_release(
         raise ConversionError(f"source directory {src_dir} does not exist")
     missing = [p.name for p in (inter_src, item2id_src, texts_src) if not p.is_file()]
     if missing:
-        raise ConversionError(f"{src_dir} lacks {', '.join(missing)} (the PerPEFT release layout)")
+        raise ConversionError(
+            f"{src_dir} lacks {', '.join(missing)} (the PerPEFT release layout)"
+        )
     if not trust_pickles:
         raise ConversionError(
             f"{item2id_src.name} and {texts_src.name} are Python pickles, and loading a pickle "
@@ -389,7 +417,11 @@ def convert_perpeft_release(
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 2 or _as_int(parts[0]) is None or _as_int(parts[1]) is None:
+            if (
+                len(parts) != 2
+                or _as_int(parts[0]) is None
+                or _as_int(parts[1]) is None
+            ):
                 malformed.append(line_no)
                 continue
             user, item_id = parts[0], int(parts[1])
@@ -420,7 +452,9 @@ def convert_perpeft_release(
     no_title = no_image = linked = reused = unsafe = 0
     for asin in item_order:
         title = texts.get(asin)
-        title = title if isinstance(title, str) else ("" if title is None else str(title))
+        title = (
+            title if isinstance(title, str) else ("" if title is None else str(title))
+        )
         if not title.strip():
             no_title += 1
         image = ""
@@ -467,23 +501,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("amazon2023", help="Amazon Reviews 2023 category files")
-    a.add_argument("--reviews", type=Path, required=True, help="<Category>.jsonl or .jsonl.gz")
-    a.add_argument("--meta", type=Path, required=True, help="meta_<Category>.jsonl or .jsonl.gz")
+    a.add_argument(
+        "--reviews", type=Path, required=True, help="<Category>.jsonl or .jsonl.gz"
+    )
+    a.add_argument(
+        "--meta", type=Path, required=True, help="meta_<Category>.jsonl or .jsonl.gz"
+    )
     a.add_argument("--name", required=True, help="dataset name (folder and file stem)")
-    a.add_argument("--out", type=Path, required=True, help="DATA_PATH: the dataset goes to DATA_PATH/NAME")
-    a.add_argument("--kcore", type=int, default=5, help="iterative k-core on users and items (default 5)")
+    a.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="DATA_PATH: the dataset goes to DATA_PATH/NAME",
+    )
+    a.add_argument(
+        "--kcore",
+        type=int,
+        default=5,
+        help="iterative k-core on users and items (default 5)",
+    )
     a.add_argument("--no-images", action="store_true", help="do not download images")
     a.add_argument("--workers", type=_positive_int, default=8)
     a.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    a.add_argument("--retries", type=int, default=3, help="retries of a transient failure")
+    a.add_argument(
+        "--retries", type=int, default=3, help="retries of a transient failure"
+    )
     a.add_argument("--max-image-bytes", type=_positive_int, default=10_000_000)
     a.add_argument("--max-image-pixels", type=_positive_int, default=40_000_000)
-    a.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles)")
+    a.add_argument(
+        "--backoff",
+        type=float,
+        default=0.5,
+        help="first retry delay in seconds (doubles)",
+    )
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     r = sub.add_parser("perpeft-release", help="the PerPEFT paper's released files")
-    r.add_argument("src_dir", type=Path, help="folder with NAME_final.txt, the pickles and NAME_images/")
+    r.add_argument(
+        "src_dir",
+        type=Path,
+        help="folder with NAME_final.txt, the pickles and NAME_images/",
+    )
     r.add_argument("name", help="dataset name, as in the release file names")
-    r.add_argument("--out", type=Path, required=True, help="DATA_PATH: the dataset goes to DATA_PATH/NAME")
+    r.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="DATA_PATH: the dataset goes to DATA_PATH/NAME",
+    )
     r.add_argument(
         "--trust-pickles",
         action="store_true",
@@ -512,7 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 show_progress=not args.quiet,
             )
         else:
-            report = convert_perpeft_release(args.src_dir, args.name, args.out, args.trust_pickles)
+            report = convert_perpeft_release(
+                args.src_dir, args.name, args.out, args.trust_pickles
+            )
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -13,21 +13,22 @@ import hashlib
 import io
 import os
 import re
-import socket
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import urlparse
 
 from PIL import Image
 from tqdm import tqdm
+
+from recbole_perpeft.data.content import atomic_write_text, is_valid_image
 
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_STEM = 100
@@ -54,7 +55,9 @@ def safe_image_name(item_id: str, suffix: str = ".jpg") -> str:
     if len(stem) > _MAX_STEM:
         stem, changed = stem[:_MAX_STEM], True
     if changed:
-        digest = hashlib.sha256(item_id.encode("utf-8", errors="surrogatepass")).hexdigest()[:10]
+        digest = hashlib.sha256(
+            item_id.encode("utf-8", errors="surrogatepass")
+        ).hexdigest()[:10]
         stem = f"{stem}_{digest}"
     return stem + suffix
 
@@ -91,29 +94,23 @@ class _Failure(Exception):
 class _SchemeCheckingRedirect(urllib.request.HTTPRedirectHandler):
     """Follow redirects only to http(s): urllib would also follow one to ftp."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         if urlparse(newurl).scheme.lower() not in ("http", "https"):
             raise _Failure("refused_url", f"redirect to non-http URL {newurl}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def is_valid_image(path: Path) -> bool:
-    """Cheap check of a file already on disk: the header parses and ``verify()`` passes."""
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except Exception:  # noqa: BLE001 - PIL raises many unrelated types for a bad file
-        return False
-
-
-def _fetch(opener: urllib.request.OpenerDirector, url: str, timeout: float, max_bytes: int) -> bytes:
+def _fetch(
+    opener: urllib.request.OpenerDirector, url: str, timeout: float, max_bytes: int
+) -> bytes:
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         with opener.open(req, timeout=timeout) as resp:
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise _Failure("too_large", f"Content-Length {declared} > {max_bytes} bytes")
+                raise _Failure(
+                    "too_large", f"Content-Length {declared} > {max_bytes} bytes"
+                )
             buf = bytearray()
             while True:
                 chunk = resp.read(_CHUNK)
@@ -126,10 +123,12 @@ def _fetch(opener: urllib.request.OpenerDirector, url: str, timeout: float, max_
             return bytes(buf)
     except urllib.error.HTTPError as err:
         retry = err.code >= 500 or err.code == 429
-        raise _Failure(f"http_{err.code}", f"HTTP {err.code} {err.reason}", retry=retry) from err
+        raise _Failure(
+            f"http_{err.code}", f"HTTP {err.code} {err.reason}", retry=retry
+        ) from err
     except _Failure:
         raise
-    except (socket.timeout, TimeoutError) as err:
+    except TimeoutError as err:
         raise _Failure("timeout", f"timed out after {timeout}s", retry=True) from err
     except urllib.error.URLError as err:
         if isinstance(err.reason, _Failure):
@@ -144,14 +143,14 @@ def _to_rgb(data: bytes, max_pixels: int) -> Image.Image:
         img = Image.open(io.BytesIO(data), formats=_FORMATS)
     except Image.DecompressionBombError as err:
         raise _Failure("too_many_pixels", str(err)) from err
-    except Exception as err:  # noqa: BLE001 - PIL raises many unrelated types for a bad file
+    except Exception as err:  # PIL raises many unrelated types for a bad file
         raise _Failure("undecodable", f"{type(err).__name__}: {err}") from err
     width, height = img.size  # from the header: nothing decoded yet
     if width * height > max_pixels:
         raise _Failure("too_many_pixels", f"{width}x{height} > {max_pixels} pixels")
     try:
         return img.convert("RGB")
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise _Failure("undecodable", f"{type(err).__name__}: {err}") from err
 
 
@@ -186,12 +185,22 @@ def _one(
     target = images_dir / name
     # Belt and braces: the name is safe by construction, the resolved path must agree.
     if target.resolve().parent != images_dir.resolve():
-        return item, "unsafe_name", None, f"file name {name!r} escapes the images folder"
+        return (
+            item,
+            "unsafe_name",
+            None,
+            f"file name {name!r} escapes the images folder",
+        )
     if target.is_file() and is_valid_image(target):
         return item, "present", name, ""
     scheme = urlparse(url).scheme.lower()
     if scheme not in ("http", "https"):
-        return item, "refused_url", None, f"scheme {scheme or '(none)'!r} is not http(s)"
+        return (
+            item,
+            "refused_url",
+            None,
+            f"scheme {scheme or '(none)'!r} is not http(s)",
+        )
     attempt = 0
     while True:
         try:
@@ -204,7 +213,11 @@ def _one(
                 time.sleep(backoff * (2**attempt))
                 attempt += 1
                 continue
-            detail = fail.detail if attempt == 0 else f"{fail.detail} (after {attempt + 1} attempts)"
+            detail = (
+                fail.detail
+                if attempt == 0
+                else f"{fail.detail} (after {attempt + 1} attempts)"
+            )
             return item, fail.kind, None, detail
 
 
@@ -234,11 +247,23 @@ def download_images(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {
             pool.submit(
-                _one, opener, item, url, images_dir, timeout, retries, backoff, max_bytes, max_pixels, jpeg_quality
+                _one,
+                opener,
+                item,
+                url,
+                images_dir,
+                timeout,
+                retries,
+                backoff,
+                max_bytes,
+                max_pixels,
+                jpeg_quality,
             ): (item, url)
             for item, url in jobs
         }
-        bar = tqdm(total=len(futures), desc="images", unit="img", disable=not show_progress)
+        bar = tqdm(
+            total=len(futures), desc="images", unit="img", disable=not show_progress
+        )
         for fut in as_completed(futures):
             item, url = futures[fut]
             _, status, name, detail = fut.result()
@@ -265,21 +290,7 @@ def _tsv_field(value: str) -> str:
 
 def write_failures(failures: Sequence[tuple[str, str, str]], path: Path) -> None:
     """Write ``item\\turl\\treason`` lines (with a header) atomically."""
-    lines = ["item\turl\treason"] + ["\t".join(_tsv_field(x) for x in row) for row in failures]
+    lines = ["item\turl\treason"] + [
+        "\t".join(_tsv_field(x) for x in row) for row in failures
+    ]
     atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
