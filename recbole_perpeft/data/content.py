@@ -8,7 +8,6 @@ and we need the original text for the foundation model's own tokenizer.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import os
 import re
@@ -139,6 +138,10 @@ def _read_lines(path: Path) -> tuple[list[str], int]:
     return lines, bad
 
 
+def _split(line: str) -> list[str]:
+    return line[:-1].split("\t") if line.endswith("\r") else line.split("\t")
+
+
 def load_item_content(
     dataset_dir: Path,
     dataset_name: str,
@@ -173,7 +176,9 @@ def load_item_content(
     lines, undecodable = _read_lines(item_path)
     if not lines:
         raise ValueError(f"item file {item_path} is empty (no header line)")
-    header = next(csv.reader([lines[0]], delimiter="\t", quoting=csv.QUOTE_NONE))
+    # Tab-separated without quoting (csv.QUOTE_NONE semantics): a plain split, which unlike the
+    # csv module also tolerates a stray carriage return inside a title instead of raising.
+    header = _split(lines[0].lstrip("\ufeff"))
     id_col = _field_index(header, item_id_field)
     if id_col is None:
         raise ValueError(
@@ -201,8 +206,8 @@ def load_item_content(
 
     rows: dict[str, tuple[str, str]] = {}
     n_cols = len(header)
-    reader = csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE)
-    for line_no, row in enumerate(reader, start=2):
+    for line_no, line in enumerate(lines[1:], start=2):
+        row = _split(line)
         if not row or (len(row) == 1 and row[0].strip() == ""):
             continue  # blank lines carry nothing
         if len(row) != n_cols:
