@@ -65,7 +65,7 @@ class _Server:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # http.server calls do_GET
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
                 if self.path == "/flaky.jpg" and server.flaky_left > 0:
                     server.flaky_left -= 1
@@ -188,7 +188,7 @@ def raw_files(tmp_path: Path, server: _Server) -> tuple[Path, Path]:
 def _counts(summary: str) -> dict[str, int]:
     """The ``  name   value`` lines of the converter's summary."""
     return {
-        m[1]: int(m[2]) for m in re.finditer(r"^  (\S.*?)\s{2,}(\d+)$", summary, re.M)
+        m[1]: int(m[2]) for m in re.finditer(r"^  (\S.*?)\s{2,}(\d+)$", summary, re.MULTILINE)
     }
 
 
