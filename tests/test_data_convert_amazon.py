@@ -188,7 +188,8 @@ def raw_files(tmp_path: Path, server: _Server) -> tuple[Path, Path]:
 def _counts(summary: str) -> dict[str, int]:
     """The ``  name   value`` lines of the converter's summary."""
     return {
-        m[1]: int(m[2]) for m in re.finditer(r"^  (\S.*?)\s{2,}(\d+)$", summary, re.MULTILINE)
+        m[1]: int(m[2])
+        for m in re.finditer(r"^  (\S.*?)\s{2,}(\d+)$", summary, re.MULTILINE)
     }
 
 

@@ -361,19 +361,26 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def convert_perpeft_release(
-    src_dir: Path, name: str, out: Path, trust_pickles: bool = False
+    src_dir: Path,
+    name: str,
+    out: Path,
+    trust_pickles: bool = False,
+    release_name: str | None = None,
 ) -> ConversionReport:
     """The PerPEFT release (``NAME_final.txt``, two pickles, ``NAME_images/``) -> dataset.
 
     Pickles run code when loaded: they are read only with ``trust_pickles`` (trusted input).
     Every user's line order is kept through a synthetic increasing timestamp (the line number).
+    ``release_name`` is the file prefix in ``src_dir`` when it differs from ``name``.
     """
     _check_name(name)
+    prefix = release_name or name
+    _check_name(prefix)
     src_dir = Path(src_dir)
-    inter_src = src_dir / f"{name}_final.txt"
-    item2id_src = src_dir / f"{name}_item2id_final.pickle"
-    texts_src = src_dir / f"{name}_texts_final.pickle"
-    images_src = src_dir / f"{name}_images"
+    inter_src = src_dir / f"{prefix}_final.txt"
+    item2id_src = src_dir / f"{prefix}_item2id_final.pickle"
+    texts_src = src_dir / f"{prefix}_texts_final.pickle"
+    images_src = src_dir / f"{prefix}_images"
     if not src_dir.is_dir():
         raise ConversionError(f"source directory {src_dir} does not exist")
     missing = [p.name for p in (inter_src, item2id_src, texts_src) if not p.is_file()]
@@ -541,7 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder with NAME_final.txt, the pickles and NAME_images/",
     )
-    r.add_argument("name", help="dataset name, as in the release file names")
+    r.add_argument("name", help="dataset name (folder and file stem of the output)")
+    r.add_argument(
+        "--release-name", help="file prefix in SRC_DIR when it differs from NAME"
+    )
     r.add_argument(
         "--out",
         type=Path,
@@ -577,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             report = convert_perpeft_release(
-                args.src_dir, args.name, args.out, args.trust_pickles
+                args.src_dir, args.name, args.out, args.trust_pickles, args.release_name
             )
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
