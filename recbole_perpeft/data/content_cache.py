@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from filelock import FileLock
 from PIL import Image
 from tqdm import tqdm
 
-from recbole_perpeft.data.content import ItemContent
+from recbole_perpeft.data.content import ItemContent, ensure_writable_dir
 from recbole_perpeft.encoders.base import ItemProcessor
 
 # Bump when the layout or the meaning of a stored array changes: old caches are then rebuilt.
@@ -141,10 +140,7 @@ def _load(path: Path, key: str, processor: ItemProcessor, n_items: int) -> Conte
 def _ensure_writable(cache_root: Path) -> None:
     """Create ``cache_root`` and prove it is writable, or raise :class:`CacheNotWritableError`."""
     try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=cache_root)
-        os.close(fd)
-        os.unlink(probe)
+        ensure_writable_dir(cache_root)
     except OSError as err:
         raise CacheNotWritableError(
             f"content cache directory {cache_root} is not writable ({err.strerror or err}); "

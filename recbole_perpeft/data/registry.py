@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from recbole_perpeft.data.content import ensure_writable_dir
 from recbole_perpeft.data.mmdemo import generate_mmdemo
 
 EMBEDDED_DATASETS = ("ml-100k", "mmdemo")
@@ -60,12 +60,8 @@ def _has_dataset(folder: Path, name: str) -> bool:
 
 
 def _writable(folder: Path) -> bool:
-    """True when ``folder`` can be created and written (checked by writing, not ``os.access``)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        ensure_writable_dir(folder)
         return True
     except OSError:
         return False
