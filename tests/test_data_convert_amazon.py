@@ -20,7 +20,7 @@ from PIL import Image
 
 from recbole_perpeft.data.content import load_item_content
 from recbole_perpeft.data.convert import choose_image_url, main
-from recbole_perpeft.data.download import safe_image_name
+from recbole_perpeft.data.download import download_images, safe_image_name
 
 
 def _jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (32, 24)) -> bytes:
@@ -70,6 +70,11 @@ class _Server:
                 if self.path == "/flaky.jpg" and server.flaky_left > 0:
                     server.flaky_left -= 1
                     self.send_error(503)
+                    return
+                if self.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", "ftp://127.0.0.1/elsewhere.jpg")
+                    self.end_headers()
                     return
                 status, body, send_length = server.routes.get(
                     self.path, (404, b"", True)
@@ -391,3 +396,17 @@ def test_safe_image_name() -> None:
             and ".." not in name.split(".jpg")[0].split("_")[0]
         )
     assert len(safe_image_name("x" * 500)) < 130
+
+
+def test_redirect_to_non_http_is_refused(tmp_path: Path, server: _Server) -> None:
+    report = download_images(
+        [("R", f"{server.url}/redirect"), ("OK", f"{server.url}/a_main.jpg")],
+        tmp_path / "images",
+        workers=2,
+        backoff=0.01,
+        failures_path=tmp_path / "failures.tsv",
+        show_progress=False,
+    )
+    assert report.downloaded == 1 and dict(report.failed) == {"refused_url": 1}
+    assert report.files == {"OK": "OK.jpg"}
+    assert "ftp://" in (tmp_path / "failures.tsv").read_text()
