@@ -19,6 +19,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_perpeft.compat import restore_numpy_aliases
+from recbole_perpeft.data.registry import resolve_dataset_dir
 from recbole_perpeft.utils import get_model
 
 _FLOAT_PATTERN = re.compile(
@@ -121,4 +122,8 @@ class Config(RecBoleConfig):
             and "train_neg_sample_args" not in self.external_config_dict
         ):
             final["train_neg_sample_args"] = None
+        base_data_path = final.get("data_path")
         super()._set_default_parameters()
+        # Embedded datasets (ml-100k from RecBole's wheel, mmdemo generated on first use),
+        # converted ones under data_path, and a clear error for anything else.
+        final["data_path"] = str(resolve_dataset_dir(self.dataset, base_data_path))

@@ -9,8 +9,8 @@ class UnknownModelError(PerPEFTError):
     pass
 
 
-class DatasetNotFoundError(PerPEFTError):
-    pass
+class DatasetNotFoundError(PerPEFTError, FileNotFoundError):
+    """A dataset name that resolves to no folder; the message says how to obtain it."""
 
 
 class ConfigError(PerPEFTError):

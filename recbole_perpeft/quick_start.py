@@ -17,7 +17,7 @@ from recbole.utils import ModelType, init_logger, init_seed
 
 from recbole_perpeft.config import Config
 from recbole_perpeft.data.sequential import PluginSequentialDataset
-from recbole_perpeft.errors import ConfigError, DatasetNotFoundError, PerPEFTError
+from recbole_perpeft.errors import ConfigError, PerPEFTError
 from recbole_perpeft.utils import get_model, get_trainer
 
 _DEFAULT_DATASET_CLASS = {
@@ -48,30 +48,12 @@ def build_config(
         raise ConfigError(f"invalid configuration: {error}") from error
 
 
-def check_dataset_files(config: Config) -> None:
-    """Fail early, with what exists, when the dataset's atomic files are missing.
-
-    (RecBole would otherwise try to download known names, which cannot work offline.)
-    """
-    data_dir = Path(config["data_path"])
-    inter_file = data_dir / f"{config['dataset']}.inter"
-    if inter_file.is_file():
-        return
-    parent = data_dir.parent
-    found = sorted(p.name for p in parent.iterdir() if (p / f"{p.name}.inter").is_file()) if parent.is_dir() else []
-    raise DatasetNotFoundError(
-        f"dataset '{config['dataset']}' not found: {inter_file} does not exist. "
-        f"Embedded: ml-100k. Found under {parent}: {', '.join(found) or 'nothing'}"
-    )
-
-
 def create_dataset(config: Config):
     """The dataset object for ``config['model']``, built without RecBole's pickle cache.
 
     (RecBole's ``create_dataset`` unpickles ``saved/<dataset>-<class>.pth`` when present,
     which executes whatever that file holds.)
     """
-    check_dataset_files(config)
     model_class = get_model(config["model"])
     dataset_class = getattr(model_class, "dataset_class", None)
     if dataset_class is None:

@@ -86,7 +86,7 @@ def test_unknown_model_is_one_clear_line():
 def test_unknown_dataset_is_one_clear_line(capsys):
     assert main(["--model=SASRec", "--dataset=no_such_data", "--state=WARNING"]) == 2
     err = capsys.readouterr().err
-    assert "dataset 'no_such_data' not found" in err and "ml-100k" in err
+    assert "dataset 'no_such_data' not found" in err and "ml-100k" in err and "mmdemo" in err
 
 
 @pytest.mark.parametrize("argument", ["epochs=2", "--epochs", "--=3", "--1abc=2"])

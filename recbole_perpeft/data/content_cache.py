@@ -1,0 +1,319 @@
+"""On-disk cache of processed item content (token ids and pixel values), memory-mapped.
+
+Every title is tokenised and every image decoded and resized exactly once per (dataset content,
+processor); training and evaluation then read the arrays through ``np.load(mmap_mode=...)``
+and never decode a JPEG again.
+
+Layout: ``cache_root/<key>/{input_ids,attention_mask,pixel_values,has_title,has_image}.npy``
+plus ``meta.json``, written last, which records every file's shape and dtype so that a damaged
+cache (missing or truncated file, wrong shape) is detected on load and rebuilt.
+
+Concurrency: the build runs under a ``filelock.FileLock`` (``cache_root/<key>.lock``) in a
+temporary directory next to the target that is published with one atomic ``os.rename``; a
+second process waiting on the lock finds the finished cache and reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from filelock import FileLock
+from PIL import Image
+from tqdm import tqdm
+
+from recbole_perpeft.data.content import ItemContent, ensure_writable_dir
+from recbole_perpeft.encoders.base import ItemProcessor
+
+# Bump when the layout or the meaning of a stored array changes: old caches are then rebuilt.
+FORMAT_VERSION = 1
+_META = "meta.json"
+
+
+class CacheNotWritableError(PermissionError):
+    """The cache root cannot be created or written to (the message names the path)."""
+
+
+@dataclass
+class ContentCache:
+    """A loaded cache: ``tensors`` are memory-mapped (copy-on-write: writes stay in memory)."""
+
+    key: str
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    built: bool
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_key(content: ItemContent, processor: ItemProcessor) -> str:
+    """sha256 over everything the cached arrays depend on.
+
+    Image files enter by path, size and ``mtime_ns`` (not by bytes: hashing every JPEG on every
+    start would cost as much as decoding them); replacing a file in place updates its mtime.
+    """
+    h = hashlib.sha256()
+
+    def put(tag: str, value: str) -> None:
+        data = value.encode("utf-8", errors="surrogatepass")
+        h.update(f"{tag}:{len(data)}:".encode())
+        h.update(data)
+
+    put("format", str(FORMAT_VERSION))
+    put("processor", processor.fingerprint())
+    put("text_length", str(processor.text_length))
+    put("image_shape", repr(processor.image_shape))
+    put("n", str(len(content)))
+    for raw_id, title, path in zip(
+        content.raw_item_ids, content.titles, content.image_paths
+    ):
+        put("id", raw_id)
+        put("title", title)
+        if path is None:
+            put("image", "")
+        else:
+            try:
+                st = os.stat(path)
+                put("image", f"{path}|{st.st_size}|{st.st_mtime_ns}")
+            except OSError:
+                put("image", f"{path}|missing")
+    h.update(np.ascontiguousarray(content.has_title, dtype=bool).tobytes())
+    h.update(np.ascontiguousarray(content.has_image, dtype=bool).tobytes())
+    return h.hexdigest()
+
+
+def _expected_files(processor: ItemProcessor) -> list[str]:
+    names = ["input_ids", "attention_mask", "has_title", "has_image"]
+    if processor.image_shape is not None:
+        names.append("pixel_values")
+    return names
+
+
+def _load(path: Path, key: str, processor: ItemProcessor, n_items: int) -> ContentCache:
+    """Open a published cache; raises ``ValueError`` describing any damage."""
+    meta_path = path / _META
+    if not meta_path.is_file():
+        raise ValueError(f"{meta_path} is missing (interrupted or damaged cache)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{meta_path} is unreadable: {err}") from err
+    if meta.get("format_version") != FORMAT_VERSION or meta.get("key") != key:
+        raise ValueError(
+            f"{meta_path} does not describe this cache (key/format differ)"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for name in _expected_files(processor):
+        spec = meta.get("arrays", {}).get(name)
+        if spec is None:
+            raise ValueError(f"{meta_path} lists no array '{name}'")
+        file = path / f"{name}.npy"
+        if not file.is_file():
+            raise ValueError(f"{file} is missing")
+        try:
+            # 'c' = copy-on-write: pages are shared with the page cache, and an accidental
+            # in-place write modifies memory only (a read-only map would crash the process).
+            arr = np.load(file, mmap_mode="c", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"{file} is unreadable ({err})") from err
+        if list(arr.shape) != spec["shape"] or str(arr.dtype) != spec["dtype"]:
+            raise ValueError(
+                f"{file} has shape {list(arr.shape)} / {arr.dtype}, "
+                f"meta.json says {spec['shape']} / {spec['dtype']}"
+            )
+        if arr.shape[0] != n_items:
+            raise ValueError(f"{file} has {arr.shape[0]} rows, expected {n_items}")
+        tensors[name] = torch.from_numpy(arr)
+    return ContentCache(
+        key=key, path=path, tensors=tensors, built=False, report=meta.get("report", {})
+    )
+
+
+def _ensure_writable(cache_root: Path) -> None:
+    """Create ``cache_root`` and prove it is writable, or raise :class:`CacheNotWritableError`."""
+    try:
+        ensure_writable_dir(cache_root)
+    except OSError as err:
+        raise CacheNotWritableError(
+            f"content cache directory {cache_root} is not writable ({err.strerror or err}); "
+            "choose another cache directory or fix its permissions"
+        ) from err
+
+
+def _decode(path: str | None) -> Image.Image | None:
+    """Fully decode one image to RGB, ``None`` when it cannot be decoded."""
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception:  # noqa: BLE001 - PIL raises many unrelated types for a bad file
+        return None
+
+
+def _build(
+    tmp: Path,
+    key: str,
+    content: ItemContent,
+    processor: ItemProcessor,
+    batch_size: int,
+    show_progress: bool,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """Write every array into ``tmp`` (``meta.json`` last); returns the build report."""
+    n = len(content)
+    text_length = int(processor.text_length)
+    input_ids = np.zeros((n, text_length), dtype=np.int64)
+    attention_mask = np.zeros((n, text_length), dtype=np.int64)
+    has_title = np.asarray(content.has_title, dtype=bool).copy()
+    has_image = np.asarray(content.has_image, dtype=bool).copy()
+    pixels = None
+    if processor.image_shape is not None:
+        shape = (n, *processor.image_shape)
+        # float16 halves the disk; written batch by batch so the full array never sits in RAM.
+        pixels = np.lib.format.open_memmap(
+            tmp / "pixel_values.npy", mode="w+", dtype=np.float16, shape=shape
+        )
+    corrupt: list[str] = []
+    bar = tqdm(total=n, desc="content cache", unit="item", disable=not show_progress)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        ids, mask = processor.tokenize(content.titles[start:stop])
+        ids, mask = np.asarray(ids), np.asarray(mask)
+        if ids.shape != (stop - start, text_length) or mask.shape != ids.shape:
+            raise ValueError(
+                f"processor.tokenize returned {ids.shape}/{mask.shape}, "
+                f"expected {(stop - start, text_length)}"
+            )
+        input_ids[start:stop] = ids
+        attention_mask[start:stop] = mask
+        if pixels is not None:
+            rows: list[int] = []
+            images: list[Image.Image] = []
+            for i in range(start, stop):
+                if not has_image[i]:
+                    continue
+                img = _decode(content.image_paths[i])
+                if img is None:
+                    # Found only now: flag it so the encoder treats the item as image-less.
+                    has_image[i] = False
+                    corrupt.append(content.raw_item_ids[i])
+                    continue
+                rows.append(i)
+                images.append(img)
+            if images:
+                values = np.asarray(processor.process_images(images))
+                if values.shape != (len(images), *processor.image_shape):
+                    raise ValueError(
+                        f"processor.process_images returned {values.shape}, "
+                        f"expected {(len(images), *processor.image_shape)}"
+                    )
+                pixels[rows] = values.astype(np.float16)
+        bar.update(stop - start)
+    bar.close()
+    if pixels is not None:
+        pixels.flush()
+        del pixels
+    # Items without content still go through the tokenizer (an empty title), but carry no
+    # image: their pixel rows stay zero and the masks tell the encoder to ignore them.
+    np.save(tmp / "input_ids.npy", input_ids)
+    np.save(tmp / "attention_mask.npy", attention_mask)
+    np.save(tmp / "has_title.npy", has_title)
+    np.save(tmp / "has_image.npy", has_image)
+    if corrupt:
+        log.warning(
+            "content cache: %d image(s) could not be decoded and are treated as missing (e.g. %s)",
+            len(corrupt),
+            ", ".join(corrupt[:5]),
+        )
+    report = {
+        "n_items": n - 1,
+        "image_corrupt": len(corrupt),
+        "image_corrupt_examples": corrupt[:20],
+        "n_with_title": int(has_title[1:].sum()),
+        "n_with_image": int(has_image[1:].sum()),
+    }
+    arrays = {}
+    for name in _expected_files(processor):
+        arr = np.load(tmp / f"{name}.npy", mmap_mode="r")
+        arrays[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+        del arr
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "processor": processor.fingerprint(),
+        "arrays": arrays,
+        "report": report,
+    }
+    # meta.json last: its presence marks a complete build.
+    (tmp / _META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return report
+
+
+def build_or_load_content_cache(
+    content: ItemContent,
+    processor: ItemProcessor,
+    cache_root: Path,
+    show_progress: bool = True,
+    batch_size: int = 256,
+    logger: logging.Logger | None = None,
+) -> ContentCache:
+    """Return the processed arrays of ``content``, building them once under ``cache_root``.
+
+    Rebuilds when titles, image files (path, size, mtime), masks, the processor's fingerprint or
+    the format version change, and when the existing cache is damaged (after a warning).
+    """
+    log = logger or logging.getLogger(__name__)
+    cache_root = Path(cache_root)
+    key = cache_key(content, processor)
+    target = cache_root / key
+    n = len(content)
+
+    # Fast path without the lock: a published cache never changes (rename is atomic), and a
+    # read-only cache root still serves an existing cache.
+    if (target / _META).is_file():
+        try:
+            cache = _load(target, key, processor, n)
+            log.info("content cache reused: %s", target)
+            return cache
+        except ValueError:
+            pass  # damaged: handled under the lock below
+
+    _ensure_writable(cache_root)
+    with FileLock(os.fspath(cache_root / f"{key}.lock")):
+        if target.exists():
+            try:
+                cache = _load(target, key, processor, n)
+                log.info("content cache reused: %s (built by another process)", target)
+                return cache
+            except ValueError as err:
+                log.warning("content cache %s is damaged (%s); rebuilding", target, err)
+                trash = cache_root / f".{key}.trash-{uuid.uuid4().hex}"
+                os.rename(target, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+        # Leftovers of a crashed build of this key: nobody else can be building it (we hold the lock).
+        for stale in cache_root.glob(f".{key}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = cache_root / f".{key}.tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            report = _build(
+                tmp, key, content, processor, batch_size, show_progress, log
+            )
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    cache = _load(target, key, processor, n)
+    cache.built = True
+    cache.report = report
+    log.info("content cache built: %s (%d items)", target, n - 1)
+    return cache
