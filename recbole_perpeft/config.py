@@ -122,6 +122,9 @@ class Config(RecBoleConfig):
             and "train_neg_sample_args" not in self.external_config_dict
         ):
             final["train_neg_sample_args"] = None
+        by_peft = final.get("weight_decay_by_peft") or {}
+        if final.get("peft_type") in by_peft and "weight_decay" not in self.external_config_dict:
+            final["weight_decay"] = by_peft[final["peft_type"]]
         base_data_path = final.get("data_path")
         super()._set_default_parameters()
         # Embedded datasets (ml-100k from RecBole's wheel, mmdemo generated on first use),

@@ -95,3 +95,24 @@ class PluginSequentialDataset(SequentialDataset):
             train = last_row_per_user(train)
             train.history = history
         return [train, valid, test]
+
+    def _filter_by_inter_num(self):
+        # RecBole filters silently; say how many users and items the intervals removed.
+        users_before, items_before = self._distinct(self.uid_field), self._distinct(self.iid_field)
+        interactions_before = len(self.inter_feat)
+        super()._filter_by_inter_num()
+        removed = (
+            users_before - self._distinct(self.uid_field),
+            items_before - self._distinct(self.iid_field),
+            interactions_before - len(self.inter_feat),
+        )
+        if any(removed):
+            self.logger.warning(
+                f"interaction-count filter (user_inter_num_interval="
+                f"{self.config['user_inter_num_interval']}, item_inter_num_interval="
+                f"{self.config['item_inter_num_interval']}) removed {removed[0]} users, "
+                f"{removed[1]} items and {removed[2]} interactions"
+            )
+
+    def _distinct(self, field: str) -> int:
+        return int(self.inter_feat[field].nunique()) if field in self.inter_feat else 0

@@ -1,3 +1,5 @@
 """The plugin's recommenders. ``__all__`` lists the model names the CLI accepts."""
 
-__all__: list[str] = []
+from recbole_perpeft.model.perpeft import PerPEFT
+
+__all__ = ["PerPEFT"]

@@ -1,0 +1,84 @@
+"""PerPEFT idea 3 — group negatives, the paper's "specialised training technique".
+
+In the personalised stage a group's negatives are drawn from the items that the group's users
+interacted with in training (not from the whole catalogue), so each group's module learns to
+separate items *within its own interest*. A user's own training items are never negatives
+(membership is tested on item ids, not list positions as in the reference).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recbole_perpeft.data.sequential import UserItems
+
+_MAX_REDRAWS = 20
+
+
+class GroupNegativeSampler:
+    """Draws one negative per position, from a group's item pool or from all items."""
+
+    def __init__(self, history: UserItems, n_items: int) -> None:
+        self.n_items = n_items
+        counts = history.indptr[1:] - history.indptr[:-1]
+        users = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        self.history = history
+        # Sorted (user, item) keys: membership is one searchsorted per draw.
+        self.history_keys = users * n_items + history.items
+        self.pools: torch.Tensor | None = None
+        self.pool_sizes: torch.Tensor | None = None
+
+    def set_groups(self, group_of_user: torch.Tensor, n_groups: int) -> list[int]:
+        """Build each group's pool: the training items of the group's users. Returns pool sizes."""
+        counts = self.history.indptr[1:] - self.history.indptr[:-1]
+        users = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        groups = group_of_user.cpu()[users]
+        pools = [torch.unique(self.history.items[groups == g]) for g in range(n_groups)]
+        # A group whose users have no training item falls back to the whole catalogue.
+        pools = [p if len(p) > 1 else torch.arange(1, self.n_items) for p in pools]
+        width = max(len(p) for p in pools)
+        self.pools = torch.zeros(n_groups, width, dtype=torch.long)
+        for g, pool in enumerate(pools):
+            self.pools[g, : len(pool)] = pool
+        self.pool_sizes = torch.tensor([len(p) for p in pools])
+        return self.pool_sizes.tolist()
+
+    def _draw(self, groups: torch.Tensor | None, shape: tuple[int, ...],
+              generator: torch.Generator | None) -> torch.Tensor:
+        uniform = torch.rand(shape, generator=generator)
+        if groups is None:
+            return 1 + (uniform * (self.n_items - 1)).long()
+        sizes = self.pool_sizes[groups].view(-1, *([1] * (len(shape) - 1)))
+        index = (uniform * sizes).long()
+        return self.pools[groups.view(-1, *([1] * (len(shape) - 1))).expand(shape), index]
+
+    def is_history(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        keys = users.view(-1, *([1] * (items.dim() - 1))) * self.n_items + items
+        position = torch.searchsorted(self.history_keys, keys).clamp(max=len(self.history_keys) - 1)
+        return self.history_keys[position] == keys
+
+    def sample(
+        self,
+        users: torch.Tensor,
+        shape: tuple[int, ...],
+        groups: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Negatives of shape ``shape`` (first dim = users) not in each user's training items.
+
+        ``groups`` given: drawn from those groups' pools (``set_groups`` first); else uniform
+        over all items. Draws that hit a user's own item are redrawn; a user who interacted
+        with their whole pool keeps a (rare) collision rather than looping forever.
+        """
+        users = users.cpu().long()
+        groups = None if groups is None else groups.cpu().long()
+        if groups is not None and self.pools is None:
+            raise RuntimeError("set_groups() must be called before sampling group negatives")
+        negatives = self._draw(groups, shape, generator)
+        for _ in range(_MAX_REDRAWS):
+            clash = self.is_history(users, negatives)
+            if not clash.any():
+                break
+            redraw = self._draw(groups, shape, generator)
+            negatives = torch.where(clash, redraw, negatives)
+        return negatives

@@ -1,0 +1,299 @@
+"""PerPEFT: personalised parameter-efficient fine-tuning for sequential recommendation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.layers import TransformerEncoder
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_perpeft.data.dataset import MultimodalSequentialDataset
+from recbole_perpeft.data.registry import perpeft_home
+from recbole_perpeft.model.group_modules import GroupItemRepresentation
+from recbole_perpeft.model.group_negatives import GroupNegativeSampler
+from recbole_perpeft.model.grouping import Grouping, nearest_group
+
+LOSS_TYPES = ("BCE", "CE")
+
+
+class PerPEFT(SequentialRecommender):
+    r"""PerPEFT (Personalized PEFT, WWW 2026; arXiv 2602.09445).
+
+    Items are encoded by a multimodal foundation model (CLIP: image + title) adapted with PEFT
+    (LoRA, (IA)3, any ``peft`` method, or IISAN). Users are grouped by interest; every group
+    gets its own PEFT module and projector (initialised from the global stage), the SASRec
+    backbone and the ID embeddings are shared, and in the personalised stage each group trains
+    on negatives drawn from its own items. With ``n_groups: 1`` this *is* the global-PEFT
+    baseline. The stage schedule (warm-up, grouping, regrouping) is run by
+    :class:`recbole_perpeft.trainer.PerPEFTTrainer`.
+
+    State beyond the weights (the user -> group table, centroids, the stage) is kept in buffers,
+    so a checkpoint restores the grouping with the model.
+    """
+
+    input_type = InputType.POINTWISE
+    dataset_class = MultimodalSequentialDataset
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = config["hidden_size"]
+        self.n_groups = config["n_groups"]
+        self.loss_type = config["loss_type"]
+        self.train_unit = config["train_unit"]
+        self.reg_weight = config["reg_weight"]
+        self.group_negatives = config["group_negatives"]
+        self.encode_batch_size = config["encode_batch_size"]
+        self.n_users = dataset.user_num
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
+        if not isinstance(self.n_groups, int) or self.n_groups < 1:
+            raise ValueError(f"n_groups must be a positive integer, got {self.n_groups!r}")
+
+        # The shared SASRec backbone.
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.trm_encoder = TransformerEncoder(
+            n_layers=config["n_layers"],
+            n_heads=config["n_heads"],
+            hidden_size=self.hidden_size,
+            inner_size=config["inner_size"],
+            hidden_dropout_prob=config["hidden_dropout_prob"],
+            attn_dropout_prob=config["attn_dropout_prob"],
+            hidden_act=config["hidden_act"],
+            layer_norm_eps=config["layer_norm_eps"],
+        )
+        self.layer_norm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
+        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self._init_backbone(config["initializer_range"])
+
+        # Per-group PEFT modules and projectors over the foundation model.
+        self.items = GroupItemRepresentation(
+            build_item_encoder(config, dataset, self.n_groups),
+            self.item_embedding,
+            self.hidden_size,
+            config["content_weight"],
+        )
+
+        # Grouping state (model state: saved and loaded with the weights).
+        self.register_buffer("group_of_user", torch.zeros(self.n_users, dtype=torch.long))
+        self.register_buffer("centroids", torch.zeros(self.n_groups, self.hidden_size))
+        self.register_buffer("groups_formed", torch.tensor(1))
+        self.register_buffer("personalised", torch.tensor(False))
+
+        self.negatives = GroupNegativeSampler(dataset.history, self.n_items)
+        self._tables: dict[int, torch.Tensor] = {}
+
+    def _init_backbone(self, initializer_range: float) -> None:
+        for module in (self.item_embedding, self.position_embedding):
+            module.weight.data.normal_(mean=0.0, std=initializer_range)
+        self.item_embedding.weight.data[0].zero_()
+        for module in self.trm_encoder.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.data.normal_(mean=0.0, std=initializer_range)
+                module.bias.data.zero_()
+
+    # ------------------------------------------------------------------ groups
+    def set_grouping(self, grouping: Grouping) -> None:
+        """Install a grouping: every user's group, the centroids, the group item pools."""
+        formed = grouping.n_groups
+        if formed > self.n_groups:
+            raise ValueError(f"grouping has {formed} groups, the model holds {self.n_groups}")
+        group_of_user = torch.zeros(self.n_users, dtype=torch.long)
+        group_of_user[grouping.users] = grouping.group_of_user
+        # Users without a representation (no training sequence) go to the largest group.
+        self.group_of_user.copy_(group_of_user)
+        self.centroids.zero_()
+        self.centroids[:formed] = grouping.centroids.to(self.centroids)
+        self.groups_formed.fill_(formed)
+        self.personalised.fill_(True)
+        self._tables.clear()
+        if self.group_negatives:
+            self.negatives.set_groups(self.group_of_user, formed)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._tables.clear()
+        if bool(self.personalised) and self.group_negatives:
+            self.negatives.set_groups(self.group_of_user, int(self.groups_formed))
+        return result
+
+    def train(self, mode: bool = True):
+        # Item tables cached for evaluation are stale once training resumes.
+        if mode:
+            self._tables.clear()
+        return super().train(mode)
+
+    def group_of(self, users: torch.Tensor) -> torch.Tensor:
+        return self.group_of_user[users]
+
+    def group_for_new_user(self, representation: torch.Tensor) -> torch.Tensor:
+        """Nearest-centroid group for users unseen at grouping time."""
+        if not bool(self.personalised):
+            return torch.zeros(len(representation), dtype=torch.long, device=representation.device)
+        return nearest_group(representation, self.centroids[: int(self.groups_formed)])
+
+    # --------------------------------------------------------------- backbone
+    def encode_sequence(self, item_seq: torch.Tensor, item_reps: torch.Tensor) -> torch.Tensor:
+        """SASRec over already-represented items: ``[B, L, h]`` hidden states."""
+        positions = torch.arange(item_seq.size(1), device=item_seq.device)
+        hidden = item_reps * math.sqrt(self.hidden_size) + self.position_embedding(positions)
+        hidden = self.dropout(self.layer_norm(hidden))
+        mask = self.get_attention_mask(item_seq)
+        return self.trm_encoder(hidden, mask, output_all_encoded_layers=True)[-1]
+
+    def user_representation(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor,
+                            groups: torch.Tensor) -> torch.Tensor:
+        """The last hidden state over each user's sequence (the grouping's user vector)."""
+        reps = self.items.of_rows(item_seq, groups)
+        hidden = self.encode_sequence(item_seq, reps)
+        return self.gather_indexes(hidden, item_seq_len - 1)
+
+    # ------------------------------------------------------------------- loss
+    def _positions(self, interaction):
+        """Inputs and next-item targets at every position (``train_unit: user``) or at the last."""
+        item_seq = interaction[self.ITEM_SEQ]
+        length = interaction[self.ITEM_SEQ_LEN]
+        target = interaction[self.POS_ITEM_ID]
+        rows = torch.arange(len(item_seq), device=item_seq.device)
+        if self.train_unit == "user":
+            full = torch.cat([item_seq, item_seq.new_zeros(len(item_seq), 1)], dim=1)
+            full[rows, length] = target
+            return full[:, :-1], full[:, 1:]
+        targets = torch.zeros_like(item_seq)
+        targets[rows, length - 1] = target
+        return item_seq, targets
+
+    def calculate_loss(self, interaction):
+        users = interaction[self.USER_ID]
+        inputs, targets = self._positions(interaction)
+        mask = targets != 0
+        groups = self.group_of(users)
+        use_pools = bool(self.personalised) and self.group_negatives
+        if self.loss_type == "BCE":
+            negatives = self.negatives.sample(
+                users, tuple(targets.shape), groups=groups if use_pools else None
+            ).to(targets.device)
+            reps = self.items.of_rows(torch.stack([inputs, targets, negatives], dim=1), groups)
+            input_reps, target_reps, negative_reps = reps.unbind(dim=1)
+            hidden = self.encode_sequence(inputs, input_reps)
+            positive_logits = (hidden * target_reps).sum(-1)[mask]
+            negative_logits = (hidden * negative_reps).sum(-1)[mask]
+            loss = F.binary_cross_entropy_with_logits(
+                positive_logits, torch.ones_like(positive_logits)
+            ) + F.binary_cross_entropy_with_logits(
+                negative_logits, torch.zeros_like(negative_logits)
+            )
+        else:
+            loss = self._ce_loss(inputs, targets, mask, groups)
+        return loss + self.reg_weight * self.item_embedding.weight.norm()
+
+    def _ce_loss(self, inputs, targets, mask, groups):
+        # Softmax over the whole catalogue: every item is encoded each step (costly).
+        loss = inputs.new_zeros((), dtype=torch.float)
+        all_items = torch.arange(self.n_items, device=inputs.device)
+        for group in torch.unique(groups).tolist():
+            rows = (groups == group).nonzero().squeeze(1)
+            table = self.items.of_items(all_items, group)
+            hidden = self.encode_sequence(inputs[rows], table[inputs[rows]])
+            logits = hidden[mask[rows]] @ table.T
+            loss = loss + F.cross_entropy(logits, targets[rows][mask[rows]], reduction="sum")
+        return loss / mask.sum().clamp(min=1)
+
+    # ------------------------------------------------------------- prediction
+    def group_table(self, group: int) -> torch.Tensor:
+        """The catalogue under ``group``, computed once per evaluation."""
+        if group not in self._tables:
+            self._tables[group] = self.items.table(group, self.n_items, self.encode_batch_size)
+        return self._tables[group]
+
+    def _last_hidden(self, item_seq, item_seq_len, table):
+        hidden = self.encode_sequence(item_seq, table[item_seq])
+        return self.gather_indexes(hidden, item_seq_len - 1)
+
+    def predict(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        items = interaction[self.ITEM_ID]
+        groups = self.group_of(interaction[self.USER_ID])
+        scores = torch.empty(len(item_seq), device=item_seq.device)
+        for group in torch.unique(groups).tolist():
+            rows = (groups == group).nonzero().squeeze(1)
+            table = self.group_table(group)
+            hidden = self._last_hidden(item_seq[rows], item_seq_len[rows], table)
+            scores[rows] = (hidden * table[items[rows]]).sum(-1)
+        return scores
+
+    def full_sort_predict(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        groups = self.group_of(interaction[self.USER_ID])
+        scores = torch.empty(len(item_seq), self.n_items, device=item_seq.device)
+        for group in torch.unique(groups).tolist():
+            rows = (groups == group).nonzero().squeeze(1)
+            table = self.group_table(group)
+            hidden = self._last_hidden(item_seq[rows], item_seq_len[rows], table)
+            scores[rows] = hidden @ table.T
+        return scores
+
+    # ----------------------------------------------------------------- report
+    def report(self) -> dict[str, Any]:
+        """Groups and parameter overhead, for the result file."""
+        encoder = self.items.encoder
+        peft_per_group = sum(p.numel() for p in encoder.group_parameters(0))
+        projector_per_group = sum(p.numel() for p in self.items.projectors[0].parameters())
+        foundation = encoder.foundation_parameter_count()
+        formed = int(self.groups_formed)
+        # The ID embedding is shared with ``items`` and counted once, under the backbone.
+        backbone = sum(
+            p.numel() for name, p in self.named_parameters() if not name.startswith("items.")
+        )
+        return {
+            "groups": {
+                "n_groups": self.n_groups,
+                "formed": formed,
+                "personalised": bool(self.personalised),
+                "sizes": torch.bincount(self.group_of_user[1:], minlength=formed).tolist(),
+            },
+            "params_breakdown": {
+                "foundation": foundation,
+                "peft_per_group": peft_per_group,
+                "projector_per_group": projector_per_group,
+                "backbone_and_id_embeddings": backbone,
+                "groups_peft_share_of_foundation": formed * peft_per_group / max(foundation, 1),
+                "added_by_personalisation": (formed - 1) * (peft_per_group + projector_per_group),
+            },
+        }
+
+
+def build_item_encoder(config, dataset, n_groups: int):
+    """The foundation model, its content cache and the PEFT backend with ``n_groups`` adapters."""
+    from recbole_perpeft.data.content_cache import build_or_load_content_cache
+    from recbole_perpeft.encoders import build_foundation_encoder
+    from recbole_perpeft.peft_backends import build_grouped_encoder
+
+    cache_root = Path(config["cache_dir"]) if config["cache_dir"] else perpeft_home() / "cache"
+    foundation = build_foundation_encoder(config["foundation_model"], seed=config["seed"])
+    content = build_or_load_content_cache(
+        dataset.item_content,
+        foundation.processor,
+        cache_root / "content",
+        show_progress=config["show_progress"],
+        logger=dataset.logger,
+    )
+    return build_grouped_encoder(
+        foundation,
+        config["peft_type"],
+        n_groups,
+        content.tensors,
+        content.key,
+        peft_config=config["peft_config"],
+        cache_dir=cache_root / "encoders",
+        show_progress=config["show_progress"],
+        seed=config["seed"],
+    ).to(config["device"])

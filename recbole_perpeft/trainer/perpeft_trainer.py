@@ -1,0 +1,223 @@
+"""The PerPEFT stage schedule as a RecBole trainer.
+
+Epochs ``0 .. warmup_epochs-1`` train the global model (one PEFT module and projector for all
+users). At ``warmup_epochs`` users are grouped (:mod:`recbole_perpeft.model.grouping`), each
+group's modules start as copies of the global ones, and personalised training runs; with
+``regroup_every > 0`` users are regrouped every that many epochs, each new group starting from
+the old group that shares most of its members. Evaluation scores every user with their own
+group's item table and reports per-group metrics.
+"""
+
+from __future__ import annotations
+
+import torch
+from recbole.data.interaction import Interaction
+from recbole.evaluator.collector import DataStruct
+from recbole.trainer import Trainer
+
+from recbole_perpeft.model.grouping import Grouping, cluster_users, match_groups
+from recbole_perpeft.trainer.safe import SafeTrainerMixin
+
+BATCH_MODES = ("group", "mixed")
+GROUPING_SEQUENCES = ("train", "train_valid")
+
+
+class GroupAwareEvaluator:
+    """RecBole's evaluator, plus the same metrics for each group of users."""
+
+    def __init__(self, evaluator) -> None:
+        self.evaluator = evaluator
+        self.row_groups: torch.Tensor | None = None
+        self.group_results: dict[int, dict[str, float]] = {}
+
+    def evaluate(self, struct: DataStruct):
+        result = self.evaluator.evaluate(struct)
+        self.group_results = {}
+        if self.row_groups is not None and "rec.topk" in struct:
+            n_rows = len(struct.get("rec.topk"))
+            for group in torch.unique(self.row_groups).tolist():
+                rows = (self.row_groups == group).nonzero().squeeze(1)
+                part = DataStruct()
+                for key, value in struct._data_dict.items():
+                    is_per_row = isinstance(value, torch.Tensor) and value.dim() and len(value) == n_rows
+                    part.set(key, value[rows] if is_per_row else value)
+                self.group_results[group] = {k: float(v) for k, v in self.evaluator.evaluate(part).items()}
+        return result
+
+
+class PerPEFTTrainer(SafeTrainerMixin, Trainer):
+    """Warm-up → grouping → personalised training, with optional periodic regrouping."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.warmup_epochs = config["warmup_epochs"]
+        self.regroup_every = config["regroup_every"] or 0
+        self.batch_mode = config["batch_mode"]
+        self.grouping_sequence = config["grouping_sequence"]
+        self.min_group_size = config["min_group_size"] or 1
+        if self.batch_mode not in BATCH_MODES:
+            raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got '{self.batch_mode}'")
+        if self.grouping_sequence not in GROUPING_SEQUENCES:
+            raise ValueError(
+                f"grouping_sequence must be one of {GROUPING_SEQUENCES}, got '{self.grouping_sequence}'"
+            )
+        if model.n_groups > 1 and not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        self.evaluator = GroupAwareEvaluator(self.evaluator)
+        self.grouping_log: list[dict] = []
+        self._grouping_data = None
+
+    # ---------------------------------------------------------------- schedule
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._grouping_data = valid_data if self.grouping_sequence == "train" else None
+        self._train_rows = train_data
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def set_grouping_data(self, eval_data) -> None:
+        """The split whose input sequences represent users: valid (train items) or test (+ valid item)."""
+        self._grouping_data = eval_data
+
+    def _stage_hooks(self, epoch_idx: int) -> None:
+        model = self.model
+        if model.n_groups == 1:
+            return
+        if not bool(model.personalised) and epoch_idx >= self.warmup_epochs:
+            self.personalise(epoch_idx)
+        elif (
+            bool(model.personalised)
+            and self.regroup_every > 0
+            and epoch_idx > self.warmup_epochs
+            and (epoch_idx - self.warmup_epochs) % self.regroup_every == 0
+        ):
+            self.regroup(epoch_idx)
+
+    @torch.no_grad()
+    def user_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each user's last hidden state over their sequence, under their current group."""
+        if self._grouping_data is None:
+            raise RuntimeError("grouping needs the validation (or test) data: call fit() with valid_data")
+        model = self.model
+        was_training = model.training
+        model.eval()
+        users, reps = [], []
+        for batch in self._grouping_data:
+            interaction = batch[0].to(self.device)
+            batch_users = interaction[model.USER_ID]
+            reps.append(
+                model.user_representation(
+                    interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], model.group_of(batch_users)
+                ).float().cpu()
+            )
+            users.append(batch_users.cpu())
+        model.train(was_training)
+        return torch.cat(users), torch.cat(reps)
+
+    def _cluster(self) -> Grouping:
+        users, reps = self.user_representations()
+        return cluster_users(users, reps, self.model.n_groups, seed=self.config["seed"],
+                             min_group_size=self.min_group_size)
+
+    def personalise(self, epoch_idx: int) -> None:
+        """Stage 2 and the start of stage 3: group users, copy the global modules to every group."""
+        grouping = self._cluster()
+        for group in range(1, grouping.n_groups):
+            self.model.items.copy_group(0, group)
+        self.model.set_grouping(grouping)
+        self.grouping_log.append({"epoch": epoch_idx, "event": "grouped", "sizes": grouping.sizes(),
+                                  "merged": grouping.merged})
+        self.logger.info(
+            f"epoch {epoch_idx}: users grouped into {grouping.n_groups} groups, sizes {grouping.sizes()}"
+            + (f" ({grouping.merged} small groups merged)" if grouping.merged else "")
+        )
+
+    def regroup(self, epoch_idx: int) -> None:
+        """Recluster; each new group starts from the old group it shares most members with."""
+        model = self.model
+        old_groups = model.group_of_user.clone().cpu()
+        grouping = self._cluster()
+        source = match_groups(old_groups[grouping.users], grouping.group_of_user,
+                              int(model.groups_formed), grouping.n_groups)
+        snapshot = {g: self._group_state(g) for g in set(source.tolist())}
+        for new_group, old_group in enumerate(source.tolist()):
+            self._load_group_state(new_group, snapshot[old_group])
+        model.set_grouping(grouping)
+        moved = int((source[grouping.group_of_user] != old_groups[grouping.users]).sum())
+        self.grouping_log.append({"epoch": epoch_idx, "event": "regrouped", "sizes": grouping.sizes(),
+                                  "moved": moved})
+        self.logger.info(
+            f"epoch {epoch_idx}: regrouped into {grouping.n_groups} groups, sizes {grouping.sizes()}, "
+            f"{moved} users moved to another group"
+        )
+
+    def _group_state(self, group: int) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.model.items.group_parameters(group)]
+
+    def _load_group_state(self, group: int, state: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for parameter, value in zip(self.model.items.group_parameters(group), state, strict=True):
+                parameter.copy_(value)
+
+    # ---------------------------------------------------------------- training
+    def _batches(self, train_data, epoch_idx: int) -> list[torch.Tensor]:
+        """Row indices of each batch; one-group batches in ``group`` mode once personalised."""
+        dataset = train_data._dataset
+        generator = torch.Generator().manual_seed(int(self.config["seed"]) * 100_003 + epoch_idx)
+        n_rows = len(dataset)
+        order = torch.randperm(n_rows, generator=generator)
+        size = self.config["train_batch_size"]
+        if self.batch_mode == "mixed" or not bool(self.model.personalised):
+            return list(torch.split(order, size))
+        groups = self.model.group_of_user.cpu()[dataset.inter_feat[dataset.uid_field][order]]
+        batches = []
+        for group in torch.unique(groups).tolist():
+            batches.extend(torch.split(order[groups == group], size))
+        shuffle = torch.randperm(len(batches), generator=generator)
+        return [batches[i] for i in shuffle.tolist()]
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._stage_hooks(epoch_idx)
+        return super()._train_epoch(
+            _RowBatches(train_data._dataset, self._batches(train_data, epoch_idx)),
+            epoch_idx, loss_func, show_progress,
+        )
+
+    # -------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return None
+        if load_best_model:
+            # Load before the row groups are read: the checkpoint holds its own grouping.
+            self.load_weights(model_file or self.saved_model_file)
+        users = eval_data._dataset.inter_feat[eval_data._dataset.uid_field]
+        self.evaluator.row_groups = None
+        if bool(self.model.personalised):
+            # Rows reach the collector in the loader's order (it does not shuffle eval data).
+            self.evaluator.row_groups = self.model.group_of_user.cpu()[users]
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def report(self) -> dict:
+        return {
+            "group_test_results": {str(g): r for g, r in self.evaluator.group_results.items()},
+            "grouping_log": self.grouping_log,
+        }
+
+
+class _RowBatches:
+    """An iterable of ``Interaction`` batches over given row indices (RecBole-loader shaped)."""
+
+    def __init__(self, dataset, batches: list[torch.Tensor]) -> None:
+        self.dataset = dataset
+        self.batches = batches
+        self.shuffle = False
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for rows in self.batches:
+            batch = self.dataset[rows]
+            yield batch if isinstance(batch, Interaction) else Interaction(batch)
+
+
+__all__ = ["PerPEFTTrainer"]
