@@ -1,6 +1,10 @@
 """Foundation-model item encoders (CLIP image+title, text-only HF encoders) and their processors."""
 
-from recbole_perpeft.encoders.base import FoundationEncoder, ItemProcessor, base_parameters
+from recbole_perpeft.encoders.base import (
+    FoundationEncoder,
+    ItemProcessor,
+    base_parameters,
+)
 from recbole_perpeft.encoders.clip import (
     DEFAULT_CLIP,
     RANDOM_CLIP_B32,
@@ -13,7 +17,11 @@ from recbole_perpeft.encoders.clip import (
 )
 from recbole_perpeft.encoders.factory import build_foundation_encoder, local_model_names
 from recbole_perpeft.encoders.processors import HFItemProcessor
-from recbole_perpeft.encoders.text import TextFoundationEncoder, build_text_encoder, minilm_model_dir
+from recbole_perpeft.encoders.text import (
+    TextFoundationEncoder,
+    build_text_encoder,
+    minilm_model_dir,
+)
 
 __all__ = [
     "DEFAULT_CLIP",

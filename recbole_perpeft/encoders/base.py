@@ -8,7 +8,7 @@ model, adapted by a PEFT backend) -> one feature vector per item.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -10,8 +10,9 @@ get zeros for that half without running the tower on placeholder input.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -268,14 +269,14 @@ def build_tiny_clip(
             max_position_embeddings=text_length,
             **_text_ids(tokenizer),
         ),
-        vision_config=dict(
-            hidden_size=vision_hidden_size,
-            intermediate_size=2 * vision_hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
+        vision_config={
+            "hidden_size": vision_hidden_size,
+            "intermediate_size": 2 * vision_hidden_size,
+            "num_hidden_layers": num_hidden_layers,
+            "num_attention_heads": num_attention_heads,
+            "image_size": image_size,
+            "patch_size": patch_size,
+        },
         projection_dim=projection_dim,
     )
     processor = HFItemProcessor(tokenizer, _small_image_processor(image_size), text_length)

@@ -15,7 +15,11 @@ from recbole_perpeft.encoders.clip import (
     build_random_clip_b32,
     build_tiny_clip,
 )
-from recbole_perpeft.encoders.text import MINILM_ALIASES, build_text_encoder, minilm_model_dir
+from recbole_perpeft.encoders.text import (
+    MINILM_ALIASES,
+    build_text_encoder,
+    minilm_model_dir,
+)
 
 
 def local_model_names(cache_dir: str | Path | None = None) -> list[str]:
@@ -23,14 +27,14 @@ def local_model_names(cache_dir: str | Path | None = None) -> list[str]:
     names = [TINY_CLIP, RANDOM_CLIP_B32]
     if minilm_model_dir() is not None:
         names += ["all-MiniLM-L6-v2", "minilm"]
-    try:  # models already in the Hugging Face cache load offline too
-        from huggingface_hub import scan_cache_dir
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
 
+    try:  # models already in the Hugging Face cache load offline too
         info = scan_cache_dir(cache_dir) if cache_dir else scan_cache_dir()
-        names += sorted(r.repo_id for r in info.repos if r.repo_type == "model")
-    except Exception:  # noqa: BLE001 - no cache directory is not an error here
-        pass
-    return names
+    except (CacheNotFound, OSError):
+        return names  # no cache directory at all: nothing more is local
+    return names + sorted(r.repo_id for r in info.repos if r.repo_type == "model")
 
 
 def _local_kind(path: Path) -> str:

@@ -7,8 +7,9 @@ sentence-transformers models such as all-MiniLM-L6-v2 produce their embeddings.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

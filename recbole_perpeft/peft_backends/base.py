@@ -7,7 +7,7 @@ adapter named ``group_name(g)``. With ``n_groups == 1`` it is plain (global) PEF
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
