@@ -65,6 +65,14 @@ class FoundationEncoder(nn.Module, ABC):
 
     # -- optional extensions used by the PEFT backends -------------------------------------------
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     def fingerprint(self) -> str:
         """A stable string that changes whenever the frozen model's outputs could change."""
         raise NotImplementedError(f"{type(self).__name__} has no fingerprint()")

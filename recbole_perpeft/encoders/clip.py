@@ -83,14 +83,6 @@ class CLIPFoundationEncoder(FoundationEncoder):
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def _pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # Cached pixels may be float16 (memory-mapped); upcast on the device, after the copy.
         return pixel_values.to(self.device, non_blocking=True).to(self.dtype)

@@ -74,14 +74,6 @@ class TextFoundationEncoder(FoundationEncoder):
         self.feature_dim = int(model.config.hidden_size)
         self._fingerprint: str | None = None
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def _title_rows(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = content.get("has_title")
         n = content["input_ids"].shape[0]
