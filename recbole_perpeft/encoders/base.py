@@ -50,6 +50,70 @@ class FoundationEncoder(nn.Module, ABC):
     feature_dim: int
     processor: ItemProcessor
 
+    #: The wrapped Hugging Face model; PEFT backends inject their adapters into it in place.
+    model: nn.Module
+    #: The name the encoder was built from (hub id, local path or a local alias).
+    name: str = ""
+    #: Seed the encoder (and backends built on it) use for anything random.
+    seed: int = 0
+    #: ``("image", "text")`` for CLIP-like encoders, ``("text",)`` for text-only ones.
+    modalities: tuple[str, ...] = ("text",)
+
     @abstractmethod
     def encode(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
         """Return item features ``[n, feature_dim]``."""
+
+    # -- optional extensions used by the PEFT backends -------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def fingerprint(self) -> str:
+        """A stable string that changes whenever the frozen model's outputs could change."""
+        raise NotImplementedError(f"{type(self).__name__} has no fingerprint()")
+
+    def num_hidden_layers(self) -> dict[str, int]:
+        """Transformer layers per modality tower (``{"image": 12, "text": 12}``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its layers")
+
+    def tower_widths(self) -> dict[str, int]:
+        """Hidden width per modality tower."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its layers")
+
+    def layer_states(
+        self, content: dict[str, torch.Tensor], layers: dict[str, Sequence[int]]
+    ) -> dict[str, torch.Tensor]:
+        """Per-layer summary token of each tower: ``{modality: [n, len(layers[m]), width]}``.
+
+        Layer 0 is the embedding output, layer ``k`` the output of the ``k``-th transformer block.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose per-layer states")
+
+    def default_peft_targets(self, peft_type: str) -> dict[str, list[str]]:
+        """Module names a PEFT method targets by default (``target_modules`` and friends)."""
+        raise NotImplementedError(f"{type(self).__name__} has no default PEFT targets")
+
+    def base_parameter_count(self) -> int:
+        """Parameters of the foundation model itself, adapters excluded."""
+        return sum(p.numel() for p in base_parameters(self.model))
+
+
+def base_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``model`` that do not belong to an injected PEFT adapter."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # peft is optional for the frozen and IISAN paths
+        return list(model.parameters())
+    adapter_ids: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            for attr in (*module.adapter_layer_names, *module.other_param_names):
+                holder = getattr(module, attr, None)
+                if isinstance(holder, nn.Module):
+                    adapter_ids.update(id(p) for p in holder.parameters())
+    return [p for p in model.parameters() if id(p) not in adapter_ids]

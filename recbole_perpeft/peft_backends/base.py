@@ -27,6 +27,8 @@ class GroupedItemEncoder(nn.Module, ABC):
 
     n_groups: int
     feature_dim: int
+    #: Number of items (rows of the content, padding row 0 included).
+    n_items: int
 
     @abstractmethod
     def encode(self, item_ids: torch.Tensor, group: int) -> torch.Tensor:
@@ -50,3 +52,42 @@ class GroupedItemEncoder(nn.Module, ABC):
     @abstractmethod
     def foundation_parameter_count(self) -> int:
         """Parameters of the frozen foundation model (for the overhead report)."""
+
+    # -- shared helpers ---------------------------------------------------------------------------
+
+    def check_group(self, group: int) -> int:
+        if not 0 <= int(group) < self.n_groups:
+            raise IndexError(f"group {group} out of range: this encoder has {self.n_groups} group(s)")
+        return int(group)
+
+    def parameter_report(self) -> dict[str, float]:
+        """Trainable parameters per group and in total, against the frozen foundation model."""
+        per_group = self.trainable_parameters_per_group()
+        foundation = self.foundation_parameter_count()
+        total = per_group * self.n_groups
+        return {
+            "n_groups": self.n_groups,
+            "trainable_per_group": per_group,
+            "trainable_total": total,
+            "foundation_parameters": foundation,
+            "overhead_share": total / foundation if foundation else float("nan"),
+        }
+
+    def encode_all(self, group: int, batch_size: int = 512) -> torch.Tensor:
+        """Features of every item (row 0 = padding included) under ``group``, in no-grad batches.
+
+        Runs in eval mode (no adapter dropout) and restores the previous mode afterwards.
+        """
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                parts = [
+                    self.encode(torch.arange(start, min(start + batch_size, self.n_items)), group)
+                    for start in range(0, self.n_items, batch_size)
+                ]
+        finally:
+            self.train(was_training)
+        return torch.cat(parts, dim=0)
