@@ -30,6 +30,17 @@ _DEFAULT_DATASET_CLASS = {
 }
 
 
+def seed_everything(seed: int, reproducibility: bool) -> None:
+    """RecBole's seeding, plus deterministic kernels when ``reproducibility`` is on.
+
+    Without the latter, multi-threaded CPU kernels (e.g. the scatter-adds of embedding and
+    indexing backward passes) sum in varying order, and two same-seed runs drift apart in the
+    last bits of the loss.
+    """
+    init_seed(seed, reproducibility)
+    torch.use_deterministic_algorithms(reproducibility, warn_only=True)
+
+
 def build_config(
     model: str,
     dataset: str,
@@ -102,7 +113,7 @@ def run_recbole_perpeft(
     and parameter counts.
     """
     config = build_config(model, dataset, config_file_list, config_dict)
-    init_seed(config["seed"], config["reproducibility"])
+    seed_everything(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(config)
@@ -111,7 +122,7 @@ def run_recbole_perpeft(
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
 
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    seed_everything(config["seed"] + config["local_rank"], config["reproducibility"])
     model_class = get_model(config["model"])
     recommender = model_class(config, train_data._dataset).to(config["device"])
     logger.info(recommender)
@@ -139,6 +150,7 @@ def run_recbole_perpeft(
         "best_valid_score": float(best_valid_score),
         "best_valid_result": _plain(best_valid_result),
         "test_result": _plain(test_result),
+        "train_loss": [float(trainer.train_loss_dict[e]) for e in sorted(trainer.train_loss_dict)],
         "train_epoch_seconds": list(trainer.train_epoch_seconds),
         "valid_seconds": list(trainer.valid_seconds),
         "eval_seconds": trainer.last_eval_seconds,
@@ -146,8 +158,9 @@ def run_recbole_perpeft(
         "params": parameter_counts(recommender),
         "checkpoint": trainer.saved_model_file if saved else None,
     }
-    if hasattr(recommender, "report"):
-        record.update(recommender.report())
+    for source in (recommender, trainer):
+        if hasattr(source, "report"):
+            record.update(source.report())
     if result_file:
         write_result(record, result_file)
         logger.info(f"result written to {result_file}")

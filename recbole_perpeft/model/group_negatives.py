@@ -67,18 +67,21 @@ class GroupNegativeSampler:
         """Negatives of shape ``shape`` (first dim = users) not in each user's training items.
 
         ``groups`` given: drawn from those groups' pools (``set_groups`` first); else uniform
-        over all items. Draws that hit a user's own item are redrawn; a user who interacted
-        with their whole pool keeps a (rare) collision rather than looping forever.
+        over all items. Draws that hit a user's own item are redrawn; where a user's items fill
+        most of their group's pool, the draws still clashing after a few rounds come from the
+        whole catalogue instead, so no negative is ever one of the user's training items
+        (short of a user who interacted with every item).
         """
         users = users.cpu().long()
         groups = None if groups is None else groups.cpu().long()
         if groups is not None and self.pools is None:
             raise RuntimeError("set_groups() must be called before sampling group negatives")
         negatives = self._draw(groups, shape, generator)
-        for _ in range(_MAX_REDRAWS):
+        for round_ in range(2 * _MAX_REDRAWS):
             clash = self.is_history(users, negatives)
             if not clash.any():
                 break
-            redraw = self._draw(groups, shape, generator)
+            from_pool = groups if round_ < _MAX_REDRAWS else None
+            redraw = self._draw(from_pool, shape, generator)
             negatives = torch.where(clash, redraw, negatives)
         return negatives
