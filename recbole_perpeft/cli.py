@@ -8,17 +8,24 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
+
 from recbole_perpeft.config import parse_value
 from recbole_perpeft.errors import ConfigError, PerPEFTError
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 USAGE = """run_recbole_perpeft.py --model=MODEL --dataset=DATASET [--config_files="a.yaml b.yaml"]
-                              [--result_file=PATH] [--KEY=VALUE ...]
+                              [--result_file=PATH] [--nproc=N] [--KEY=VALUE ...]
+       run_recbole_perpeft.py --tune=SPACE.yaml --model=MODEL --dataset=DATASET [--num_samples=N]
+                              [--max_concurrent=K] [--cpus_per_trial=C] [--gpus_per_trial=G]
+                              [--ray_address=ADDR] [--tune_dir=DIR] [--KEY=VALUE ...]
 
 Any RecBole or plugin config key can be given as --KEY=VALUE (values are read as YAML:
 --epochs=2, --learning_rate=1e-4, --topk="[10,20]"). Plugin models are looked up first,
-then RecBole's (SASRec, GRU4Rec, BERT4Rec, ...)."""
+then RecBole's (SASRec, GRU4Rec, BERT4Rec, ...). --nproc=N trains in N processes (DDP: gloo on
+CPU, nccl on CUDA). --tune runs a Ray Tune search over SPACE.yaml; the other --KEY=VALUE are
+fixed for all trials (docs/tuning.md)."""
 
 
 def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
@@ -46,7 +53,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--config_files", default=None, help="space-separated YAML config files"
     )
     parser.add_argument("--result_file", default=None, help="write the result record here (JSON)")
+    tune = parser.add_argument_group("hyperparameter search (Ray Tune), see docs/tuning.md")
+    tune.add_argument("--tune", default=None, metavar="SPACE.yaml", help="search space file; runs a search")
+    tune.add_argument("--num_samples", default=None, help="samples of the space (grids: per grid point); 1")
+    tune.add_argument("--max_concurrent", default=None, help="trials running at once (0: as resources allow)")
+    tune.add_argument("--cpus_per_trial", default=None, help="CPUs per trial (default 1)")
+    tune.add_argument("--gpus_per_trial", default=None, help="GPUs per trial, fractions allowed (default 0)")
+    tune.add_argument("--ray_address", default=None, help="attach to this Ray cluster (default: local Ray)")
+    tune.add_argument("--tune_dir", default=None, help="where trials and results go (default tune_results)")
+    tune.add_argument("--grace_period", default=None, help="ASHA: epochs before a trial may be stopped (1)")
+    tune.add_argument("--reduction_factor", default=None, help="ASHA: keep 1 in this many at each rung (2)")
     return parser
+
+
+TUNE_FLAGS = ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "ray_address",
+              "tune_dir", "grace_period", "reduction_factor")
+
+
+def requested_nproc(config_files: list[str] | None, overrides: dict[str, Any]) -> int:
+    """``nproc`` from the overrides, else from the config files (1 when absent or unreadable)."""
+    if "nproc" in overrides:
+        value = overrides["nproc"]
+    else:
+        value = 1
+        from recbole_perpeft.config import ConfigLoader
+
+        for file in config_files or []:
+            try:
+                with open(file, encoding="utf-8") as handle:
+                    loaded = yaml.load(handle, Loader=ConfigLoader) or {}
+            except (OSError, yaml.YAMLError):
+                continue  # reported properly when the run's Config reads the file
+            if isinstance(loaded, dict) and "nproc" in loaded:
+                value = loaded["nproc"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"nproc must be a positive integer, got {value!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,16 +98,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = parse_overrides(rest)
         config_files = known.config_files.split() if known.config_files else None
+        if known.tune is not None or any(getattr(known, flag) is not None for flag in TUNE_FLAGS):
+            from recbole_perpeft.tune import tune_main
+
+            return tune_main(known, config_files, overrides)
         from recbole_perpeft.quick_start import close_log_handlers, run_recbole_perpeft
 
         try:
-            record = run_recbole_perpeft(
-                known.model,
-                known.dataset,
-                config_file_list=config_files,
-                config_dict=overrides,
-                result_file=known.result_file,
-            )
+            if requested_nproc(config_files, overrides) > 1:
+                from recbole_perpeft.distributed import run_distributed
+
+                record = run_distributed(
+                    known.model, known.dataset, config_files, overrides, result_file=known.result_file
+                )
+            else:
+                record = run_recbole_perpeft(
+                    known.model,
+                    known.dataset,
+                    config_file_list=config_files,
+                    config_dict=overrides,
+                    result_file=known.result_file,
+                )
         finally:
             close_log_handlers()
     except PerPEFTError as error:

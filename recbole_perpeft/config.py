@@ -111,6 +111,18 @@ class Config(RecBoleConfig):
                         key for key in loaded if key not in self.parameters["Dataset"]
                     ]
 
+    def _init_device(self):
+        # RecBole's distributed branch hard-codes the ``nccl`` backend and a CUDA device, so
+        # ``nproc > 1`` cannot run on a CPU machine. Pick the backend from the device instead:
+        # ``nccl`` on CUDA, ``gloo`` on CPU (see recbole_perpeft.distributed).
+        final = self.final_config_dict
+        if "local_rank" not in final:
+            super()._init_device()
+            return
+        from recbole_perpeft.distributed import init_distributed_device
+
+        init_distributed_device(final)
+
     def _set_default_parameters(self):
         # RecBole's own default negative sampling contradicts ``loss_type: CE`` for sequential
         # models (SASRec's default), so `--model=SASRec` would not start; drop the default

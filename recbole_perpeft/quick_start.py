@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import resource
 import sys
+from collections.abc import Callable
 from logging import getLogger
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from recbole.utils import ModelType, init_logger, init_seed
 
 from recbole_perpeft.config import Config
 from recbole_perpeft.data.sequential import PluginSequentialDataset
+from recbole_perpeft.distributed import unsharded_loaders
 from recbole_perpeft.errors import ConfigError, PerPEFTError
 from recbole_perpeft.utils import get_model, get_trainer
 
@@ -105,22 +108,35 @@ def run_recbole_perpeft(
     config_dict: dict[str, Any] | None = None,
     saved: bool = True,
     result_file: str | Path | None = None,
+    *,
+    callback_fn: Callable[[int, float, Any], None] | None = None,
+    evaluate_test: bool = True,
+    prebuilt_dataset: Any = None,
 ) -> dict[str, Any]:
     """Train, validate and test ``model`` on ``dataset``; return the result record.
 
     The record (also written as JSON to ``result_file`` when given) holds the metrics under
     RecBole's names (``ndcg@20``, ``hit@20``, ...), dataset statistics, timings, peak memory
     and parameter counts.
+
+    Hooks for hyperparameter search (:mod:`recbole_perpeft.tune`): ``callback_fn(epoch,
+    valid_score, trainer)`` runs after every validation (``trainer.last_valid_result`` holds
+    all metrics); ``evaluate_test=False`` skips the test split (``test_result`` is ``None``);
+    ``prebuilt_dataset`` is a dataset object already built for the same data settings.
     """
     config = build_config(model, dataset, config_file_list, config_dict)
     seed_everything(config["seed"], config["reproducibility"])
+    # RecBole creates these with check-then-mkdir; parallel ranks / trials would race on it.
+    os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)
     init_logger(config)
     logger = getLogger()
     logger.info(config)
 
-    data = create_dataset(config)
+    data = prebuilt_dataset if prebuilt_dataset is not None else create_dataset(config)
     logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    with unsharded_loaders(config):  # under DDP, batches are split by rows in the trainer
+        train_data, valid_data, test_data = data_preparation(config, data)
 
     seed_everything(config["seed"] + config["local_rank"], config["reproducibility"])
     model_class = get_model(config["model"])
@@ -128,12 +144,20 @@ def run_recbole_perpeft(
     logger.info(recommender)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+    epoch_callback = None
+    if callback_fn is not None:
+        def epoch_callback(epoch_idx: int, valid_score: float) -> None:
+            callback_fn(epoch_idx, valid_score, trainer)
+
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"],
+        callback_fn=epoch_callback,
     )
-    test_result = trainer.evaluate(
-        test_data, load_best_model=saved, show_progress=config["show_progress"]
-    )
+    test_result = None
+    if evaluate_test:
+        test_result = trainer.evaluate(
+            test_data, load_best_model=saved, show_progress=config["show_progress"]
+        )
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
 
@@ -142,6 +166,7 @@ def run_recbole_perpeft(
         "dataset": config["dataset"],
         "seed": config["seed"],
         "device": str(config["device"]),
+        "world_size": 1 if config["single_spec"] else int(config["world_size"]),
         "dataset_stats": {
             "users": data.user_num - 1,
             "items": data.item_num - 1,

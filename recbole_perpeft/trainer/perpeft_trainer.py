@@ -114,8 +114,14 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
 
     def _cluster(self) -> Grouping:
         users, reps = self.user_representations()
-        return cluster_users(users, reps, self.model.n_groups, seed=self.config["seed"],
-                             min_group_size=self.min_group_size)
+        grouping = cluster_users(users, reps, self.model.n_groups, seed=self.config["seed"],
+                                 min_group_size=self.min_group_size)
+        if self.distributed_loss is not None:
+            # Ranks hold the same weights and data, but make the groups identical by construction.
+            from recbole_perpeft.distributed import broadcast_object
+
+            grouping = broadcast_object(grouping)
+        return grouping
 
     def personalise(self, epoch_idx: int) -> None:
         """Stage 2 and the start of stage 3: group users, copy the global modules to every group."""

@@ -71,24 +71,59 @@ class SafeTrainerMixin:
     """Mixed in before a RecBole trainer class; see the module docstring."""
 
     def __init__(self, config, model):  # noqa: D107 - signature fixed by RecBole
-        super().__init__(config, model)
+        distributed = not config["single_spec"]
+        # Under DDP, RecBole's own wrapping (device_ids=[rank]: CUDA only) and its zero-loss
+        # gradient sync are replaced by ours (recbole_perpeft.distributed), so hide DDP from it.
+        config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = not distributed
         self.saved_model_file = os.path.join(
             self.checkpoint_dir, unique_checkpoint_name(config["model"])
         )
         self.train_epoch_seconds: list[float] = []
         self.valid_seconds: list[float] = []
         self.last_eval_seconds: float = 0.0
+        self.last_valid_result: dict | None = None
+        self.distributed_loss = None
+        if distributed:
+            from recbole_perpeft.distributed import DistributedLoss, broadcast_object
+
+            # Only rank 0 writes checkpoints; every rank reloads rank 0's file for the test.
+            self.saved_model_file = broadcast_object(self.saved_model_file)
+            self.distributed_loss = DistributedLoss(self.model)
+
+    # ------------------------------------------------------------ distributed
+    def set_reduce_hook(self):
+        """Unused: gradients are reduced by our DDP wrapper (see recbole_perpeft.distributed)."""
+
+    def sync_grad_loss(self):
+        return 0
+
+    def _map_reduce(self, result, num_sample):
+        # Every rank evaluates the whole split, so its result is already the global one.
+        return result
 
     # ----------------------------------------------------------------- timing
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = time.perf_counter()
-        loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        if self.distributed_loss is not None:
+            from recbole_perpeft.distributed import RankShard, average_loss, world_rank
+
+            rank, world = world_rank()
+            train_data = RankShard(train_data, rank, world)
+            loss_func = self.distributed_loss.wrap(loss_func or self.model.calculate_loss, train_data)
+            loss = average_loss(super()._train_epoch(train_data, epoch_idx, loss_func, show_progress))
+        else:
+            loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.train_epoch_seconds.append(time.perf_counter() - start)
         return loss
 
     def _valid_epoch(self, valid_data, show_progress=False):
         result = super()._valid_epoch(valid_data, show_progress=show_progress)
         self.valid_seconds.append(self.last_eval_seconds)
+        self.last_valid_result = result[1]
         return result
 
     # ------------------------------------------------------------ checkpoints
@@ -116,6 +151,10 @@ class SafeTrainerMixin:
 
     def load_weights(self, checkpoint_file: str) -> dict[str, Any]:
         """Load model weights from a checkpoint (weights-only) and return the checkpoint."""
+        if self.distributed_loss is not None:
+            from recbole_perpeft.distributed import barrier
+
+            barrier()  # rank 0 may still be writing the file the other ranks are about to read
         checkpoint = safe_load(checkpoint_file, map_location=self.device)
         if checkpoint.get("model", self.config["model"]).lower() != self.config["model"].lower():
             raise ValueError(
