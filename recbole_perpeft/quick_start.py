@@ -133,7 +133,11 @@ def run_recbole_perpeft(
     logger = getLogger()
     logger.info(config)
 
-    data = prebuilt_dataset if prebuilt_dataset is not None else create_dataset(config)
+    if prebuilt_dataset is not None:
+        data = prebuilt_dataset
+        data.config = config  # the split (``build``) then follows this run's config
+    else:
+        data = create_dataset(config)
     logger.info(data)
     with unsharded_loaders(config):  # under DDP, batches are split by rows in the trainer
         train_data, valid_data, test_data = data_preparation(config, data)
