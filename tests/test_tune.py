@@ -75,16 +75,16 @@ def test_perpeft_search_on_small_mmdemo(tmp_path):
 
 
 def test_failing_trial_is_reported_and_search_goes_on(tmp_path):
-    # n_groups=0 is invalid: that grid point fails, the other one finishes and is the best.
-    space = _write(tmp_path / "space.yaml", "n_layers: {grid: [1, 0]}\n")
+    # 3 heads cannot split hidden_size=16: that grid point fails, the other one is the best.
+    space = _write(tmp_path / "space.yaml", "n_heads: {grid: [2, 3]}\n")
     summary = run_search("SASRec", "ml-100k", space, fixed={**SMALL_SEQ, "epochs": 1}, tune_dir=tmp_path / "tune",
                          log=lambda _: None)
-    by_layers = {r["n_layers"]: r for r in summary["rows"]}
-    assert by_layers[0]["status"] == "ERROR" and by_layers[0]["error"]
-    assert by_layers[1]["status"] == "TERMINATED" and not by_layers[1]["error"]
-    assert summary["best"]["params"] == {"n_layers": 1}
+    by_heads = {r["n_heads"]: r for r in summary["rows"]}
+    assert by_heads[3]["status"] == "ERROR" and "multiple of the number of attention heads" in by_heads[3]["error"]
+    assert by_heads[2]["status"] == "TERMINATED" and not by_heads[2]["error"]
+    assert summary["best"]["params"] == {"n_heads": 2}
     saved = json.loads((tmp_path / "tune" / "results.json").read_text())
-    assert [r["status"] for r in sorted(saved["rows"], key=lambda r: r["n_layers"])] == ["ERROR", "TERMINATED"]
+    assert [r["status"] for r in sorted(saved["rows"], key=lambda r: r["n_heads"])] == ["TERMINATED", "ERROR"]
 
 
 @pytest.mark.parametrize(
