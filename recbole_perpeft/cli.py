@@ -14,7 +14,7 @@ from recbole_perpeft.errors import ConfigError, PerPEFTError
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 USAGE = """run_recbole_perpeft.py --model=MODEL --dataset=DATASET [--config_files="a.yaml b.yaml"]
-                              [--result_file=PATH] [--KEY=VALUE ...]
+                              [--result_file=PATH] [--resume=FILE|latest] [--KEY=VALUE ...]
 
 Any RecBole or plugin config key can be given as --KEY=VALUE (values are read as YAML:
 --epochs=2, --learning_rate=1e-4, --topk="[10,20]"). Plugin models are looked up first,
@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config_files", default=None, help="space-separated YAML config files"
     )
     parser.add_argument("--result_file", default=None, help="write the result record here (JSON)")
+    parser.add_argument(
+        "--resume", default=None,
+        help="continue an interrupted run: its saved/<...>.last.pth file, or 'latest'",
+    )
     return parser
 
 
@@ -65,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config_file_list=config_files,
                 config_dict=overrides,
                 result_file=known.result_file,
+                resume=known.resume,
             )
         finally:
             close_log_handlers()

@@ -196,6 +196,12 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
             self.evaluator.row_groups = self.model.group_of_user.cpu()[users]
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
+    def extra_state(self) -> dict:
+        return {"grouping_log": self.grouping_log}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.grouping_log = list(state.get("grouping_log", []))
+
     def report(self) -> dict:
         return {
             "group_test_results": {str(g): r for g, r in self.evaluator.group_results.items()},
