@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from recbole_perpeft.compat import atomic_torch_save, safe_load, unique_checkpoint_name
+from recbole_perpeft.errors import TrainingDivergedError
 
 CHECKPOINT_FORMAT = 1
 
@@ -81,7 +82,19 @@ class SafeTrainerMixin:
         self._train_data = None
 
     # ----------------------------------------------------------------- timing
+    def _check_nan(self, loss):
+        if not torch.isfinite(loss):
+            where = f"epoch {self._current_epoch}"
+            groups = getattr(self.model, "last_batch_groups", None)
+            if groups is not None:
+                where += f", group(s) {groups}"
+            raise TrainingDivergedError(
+                f"training loss is {loss.item()} at {where}: lower learning_rate, or set "
+                "clip_grad_norm (e.g. --clip_grad_norm=\"{max_norm: 5}\")"
+            )
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._current_epoch = epoch_idx
         start = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.train_epoch_seconds.append(time.perf_counter() - start)
