@@ -16,7 +16,7 @@ from recbole_perpeft.errors import ConfigError, PerPEFTError
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 USAGE = """run_recbole_perpeft.py --model=MODEL --dataset=DATASET [--config_files="a.yaml b.yaml"]
-                              [--result_file=PATH] [--nproc=N] [--KEY=VALUE ...]
+                              [--result_file=PATH] [--resume=FILE|latest] [--nproc=N] [--KEY=VALUE ...]
        run_recbole_perpeft.py --tune=SPACE.yaml --model=MODEL --dataset=DATASET [--num_samples=N]
                               [--max_concurrent=K] [--cpus_per_trial=C] [--gpus_per_trial=G]
                               [--ray_address=ADDR] [--tune_dir=DIR] [--KEY=VALUE ...]
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config_files", default=None, help="space-separated YAML config files"
     )
     parser.add_argument("--result_file", default=None, help="write the result record here (JSON)")
+    parser.add_argument(
+        "--resume", default=None,
+        help="continue an interrupted run: its saved/<...>.last.pth file, or 'latest'",
+    )
     tune = parser.add_argument_group("hyperparameter search (Ray Tune), see docs/tuning.md")
     tune.add_argument("--tune", default=None, metavar="SPACE.yaml", help="search space file; runs a search")
     tune.add_argument("--num_samples", default=None, help="samples of the space (grids: per grid point); 1")
@@ -108,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if requested_nproc(config_files, overrides) > 1:
                 from recbole_perpeft.distributed import run_distributed
 
+                if known.resume:
+                    raise ConfigError("--resume cannot be combined with --nproc > 1")
                 record = run_distributed(
                     known.model, known.dataset, config_files, overrides, result_file=known.result_file
                 )
@@ -118,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     config_file_list=config_files,
                     config_dict=overrides,
                     result_file=known.result_file,
+                    resume=known.resume,
                 )
         finally:
             close_log_handlers()

@@ -15,3 +15,7 @@ class DatasetNotFoundError(PerPEFTError, FileNotFoundError):
 
 class ConfigError(PerPEFTError):
     pass
+
+
+class TrainingDivergedError(PerPEFTError):
+    """The training loss became NaN or infinite."""

@@ -108,6 +108,7 @@ def run_recbole_perpeft(
     config_dict: dict[str, Any] | None = None,
     saved: bool = True,
     result_file: str | Path | None = None,
+    resume: str | Path | None = None,
     *,
     callback_fn: Callable[[int, float, Any], None] | None = None,
     evaluate_test: bool = True,
@@ -117,7 +118,8 @@ def run_recbole_perpeft(
 
     The record (also written as JSON to ``result_file`` when given) holds the metrics under
     RecBole's names (``ndcg@20``, ``hit@20``, ...), dataset statistics, timings, peak memory
-    and parameter counts.
+    and parameter counts. ``resume`` continues an interrupted run from its ``.last.pth`` file
+    (or ``"latest"``: the newest one of this model in ``checkpoint_dir``).
 
     Hooks for hyperparameter search (:mod:`recbole_perpeft.tune`): ``callback_fn(epoch,
     valid_score, trainer)`` runs after every validation (``trainer.last_valid_result`` holds
@@ -148,6 +150,8 @@ def run_recbole_perpeft(
     logger.info(recommender)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+    if resume:
+        trainer.resume_checkpoint(find_resume_file(config, resume), train_data)
     epoch_callback = None
     if callback_fn is not None:
         def epoch_callback(epoch_idx: int, valid_score: float) -> None:
@@ -194,6 +198,24 @@ def run_recbole_perpeft(
         write_result(record, result_file)
         logger.info(f"result written to {result_file}")
     return record
+
+
+def find_resume_file(config: Config, resume: str | Path) -> Path:
+    """The resume file named by ``--resume``: a path, or ``latest`` for this model."""
+    if str(resume) != "latest":
+        path = Path(resume)
+        if not path.is_file():
+            raise ConfigError(f"resume file not found: {path}")
+        return path
+    candidates = sorted(
+        Path(config["checkpoint_dir"]).glob(f"{config['model']}-*.last.pth"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not candidates:
+        raise ConfigError(
+            f"--resume=latest: no {config['model']}-*.last.pth in {config['checkpoint_dir']}"
+        )
+    return candidates[-1]
 
 
 def write_result(record: dict[str, Any], result_file: str | Path) -> None:

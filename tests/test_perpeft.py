@@ -120,3 +120,14 @@ def test_backend_trains_only_its_own_weights(small_data, peft_type):
     changed = [not torch.equal(a, b) for a, b in zip(group0, model.items.group_parameters(0))]
     assert all(changed)  # PEFT module and projector of the trained group
     assert not torch.equal(backbone, model.trm_encoder.layer[0].multi_head_attention.query.weight)
+
+
+def test_diverging_loss_names_epoch_and_group(small_data, capsys):
+    from recbole_perpeft.cli import main
+
+    code = main(["--model=PerPEFT", "--dataset=mmsmall", f"--data_path={small_data}",
+                 "--foundation_model=tiny-clip", "--epochs=2", "--warmup_epochs=1", "--learning_rate=1e30",
+                 "--show_progress=False", "--state=WARNING"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "training loss is" in err and "epoch" in err and "group(s) [0]" in err

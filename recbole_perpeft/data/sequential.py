@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from recbole.data.dataset import SequentialDataset
 
+from recbole_perpeft.errors import ConfigError
+
 TRAIN_UNITS = ("prefix", "user")
 
 
@@ -89,7 +91,7 @@ class PluginSequentialDataset(SequentialDataset):
         )
         train_unit = self.config["train_unit"] or "prefix"
         if train_unit not in TRAIN_UNITS:
-            raise ValueError(f"train_unit must be one of {TRAIN_UNITS}, got '{train_unit}'")
+            raise ConfigError(f"train_unit must be one of {TRAIN_UNITS}, got '{train_unit}'")
         if train_unit == "user":
             history = train.history
             train = last_row_per_user(train)

@@ -117,3 +117,15 @@ def base_parameters(model: nn.Module) -> list[nn.Parameter]:
                 if isinstance(holder, nn.Module):
                     adapter_ids.update(id(p) for p in holder.parameters())
     return [p for p in model.parameters() if id(p) not in adapter_ids]
+
+
+def trim_to_longest(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns no row of the batch uses.
+
+    Titles are cached padded to the model's full text length (77 tokens for CLIP) but are
+    usually much shorter; attention over the padding is pure waste. With right padding the
+    result is exact: positions keep their ids and every token a row attends to is kept.
+    """
+    used = attention_mask.bool().any(dim=0).nonzero()
+    width = int(used.max()) + 1 if len(used) else 1
+    return input_ids[:, :width], attention_mask[:, :width]

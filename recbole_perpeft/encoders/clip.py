@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-from recbole_perpeft.encoders.base import FoundationEncoder, base_parameters
+from recbole_perpeft.encoders.base import FoundationEncoder, base_parameters, trim_to_longest
 from recbole_perpeft.encoders.processors import HFItemProcessor, stable_hash
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -92,6 +92,7 @@ class CLIPFoundationEncoder(FoundationEncoder):
         return F.normalize(self.model.visual_projection(pooled), dim=-1)
 
     def text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask = trim_to_longest(input_ids, attention_mask)
         out = self.model.text_model(
             input_ids=input_ids.to(self.device, non_blocking=True),
             attention_mask=attention_mask.to(self.device, non_blocking=True),

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_perpeft.encoders.base import FoundationEncoder, base_parameters
+from recbole_perpeft.encoders.base import FoundationEncoder, base_parameters, trim_to_longest
 from recbole_perpeft.encoders.clip import config_fingerprint, weights_digest
 from recbole_perpeft.encoders.processors import HFItemProcessor, stable_hash
 
@@ -91,8 +91,10 @@ class TextFoundationEncoder(FoundationEncoder):
         rows = self._title_rows(content)
         out = torch.zeros(n, self.feature_dim, device=self.device, dtype=self.dtype)
         if len(rows):
-            mask = content["attention_mask"][rows].to(self.device, non_blocking=True)
-            pooled = masked_mean(self._run(content, rows).last_hidden_state, mask)
+            ids, mask = trim_to_longest(content["input_ids"][rows], content["attention_mask"][rows])
+            mask = mask.to(self.device, non_blocking=True)
+            hidden = self.model(input_ids=ids.to(self.device, non_blocking=True), attention_mask=mask)
+            pooled = masked_mean(hidden.last_hidden_state, mask)
             if self.normalize:
                 pooled = F.normalize(pooled, dim=-1)
             out = out.index_copy(0, rows.to(self.device), pooled.to(out.dtype))

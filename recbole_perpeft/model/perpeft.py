@@ -15,6 +15,7 @@ from torch import nn
 
 from recbole_perpeft.data.dataset import MultimodalSequentialDataset
 from recbole_perpeft.data.registry import perpeft_home
+from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.group_modules import GroupItemRepresentation
 from recbole_perpeft.model.group_negatives import GroupNegativeSampler
 from recbole_perpeft.model.grouping import Grouping, nearest_group
@@ -51,9 +52,11 @@ class PerPEFT(SequentialRecommender):
         self.encode_batch_size = config["encode_batch_size"]
         self.n_users = dataset.user_num
         if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
+            raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
         if not isinstance(self.n_groups, int) or self.n_groups < 1:
-            raise ValueError(f"n_groups must be a positive integer, got {self.n_groups!r}")
+            raise ConfigError(f"n_groups must be a positive integer, got {self.n_groups!r}")
+        if self.train_unit not in ("user", "prefix"):
+            raise ConfigError(f"train_unit must be 'user' or 'prefix', got '{self.train_unit}'")
 
         # The shared SASRec backbone.
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -174,6 +177,7 @@ class PerPEFT(SequentialRecommender):
         inputs, targets = self._positions(interaction)
         mask = targets != 0
         groups = self.group_of(users)
+        self.last_batch_groups = torch.unique(groups).tolist()  # named if the loss diverges
         use_pools = bool(self.personalised) and self.group_negatives
         if self.loss_type == "BCE":
             negatives = self.negatives.sample(

@@ -15,6 +15,7 @@ from recbole.data.interaction import Interaction
 from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
 
+from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.grouping import Grouping, cluster_users, match_groups
 from recbole_perpeft.trainer.safe import SafeTrainerMixin
 
@@ -56,13 +57,16 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self.grouping_sequence = config["grouping_sequence"]
         self.min_group_size = config["min_group_size"] or 1
         if self.batch_mode not in BATCH_MODES:
-            raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got '{self.batch_mode}'")
+            raise ConfigError(f"batch_mode must be one of {BATCH_MODES}, got '{self.batch_mode}'")
         if self.grouping_sequence not in GROUPING_SEQUENCES:
-            raise ValueError(
+            raise ConfigError(
                 f"grouping_sequence must be one of {GROUPING_SEQUENCES}, got '{self.grouping_sequence}'"
             )
-        if model.n_groups > 1 and not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if model.n_groups > 1 and self.warmup_epochs >= self.epochs:
+            self.logger.warning(
+                f"warmup_epochs={self.warmup_epochs} >= epochs={self.epochs}: users are never grouped, "
+                "this run trains the global model only"
+            )
         self.evaluator = GroupAwareEvaluator(self.evaluator)
         self.grouping_log: list[dict] = []
         self._grouping_data = None
@@ -201,6 +205,12 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
             # Rows reach the collector in the loader's order (it does not shuffle eval data).
             self.evaluator.row_groups = self.model.group_of_user.cpu()[users]
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def extra_state(self) -> dict:
+        return {"grouping_log": self.grouping_log}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.grouping_log = list(state.get("grouping_log", []))
 
     def report(self) -> dict:
         return {

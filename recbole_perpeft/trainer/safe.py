@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from recbole_perpeft.compat import atomic_torch_save, safe_load, unique_checkpoint_name
+from recbole_perpeft.errors import TrainingDivergedError
 
 CHECKPOINT_FORMAT = 1
 
@@ -85,6 +86,7 @@ class SafeTrainerMixin:
         self.train_epoch_seconds: list[float] = []
         self.valid_seconds: list[float] = []
         self.last_eval_seconds: float = 0.0
+        self._train_data = None
         self.last_valid_result: dict | None = None
         self.distributed_loss = None
         if distributed:
@@ -106,7 +108,19 @@ class SafeTrainerMixin:
         return result
 
     # ----------------------------------------------------------------- timing
+    def _check_nan(self, loss):
+        if not torch.isfinite(loss):
+            where = f"epoch {self._current_epoch}"
+            groups = getattr(self.model, "last_batch_groups", None)
+            if groups is not None:
+                where += f", group(s) {groups}"
+            raise TrainingDivergedError(
+                f"training loss is {loss.item()} at {where}: lower learning_rate, or set "
+                "clip_grad_norm (e.g. --clip_grad_norm=\"{max_norm: 5}\")"
+            )
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._current_epoch = epoch_idx
         start = time.perf_counter()
         if self.distributed_loss is not None:
             from recbole_perpeft.distributed import RankShard, average_loss, world_rank
@@ -119,6 +133,25 @@ class SafeTrainerMixin:
             loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.train_epoch_seconds.append(time.perf_counter() - start)
         return loss
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        self._train_data = train_data
+        if self.start_epoch >= self.epochs or self.cur_step > self.stopping_step:
+            # A resumed run that had already finished (or stopped early): nothing to train, and
+            # RecBole would overwrite the best checkpoint with the last weights here.
+            self.logger.info("training had already finished before the resume")
+            return self.best_valid_score, self.best_valid_result
+        if saved:
+            self.logger.info(f"if this run is interrupted, continue it with --resume={self.resume_file}")
+
+        def after_epoch(epoch_idx, valid_score):
+            if saved:
+                self.save_resume_state(epoch_idx)
+            if callback_fn is not None:
+                callback_fn(epoch_idx, valid_score)
+
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, after_epoch)
 
     def _valid_epoch(self, valid_data, show_progress=False):
         result = super()._valid_epoch(valid_data, show_progress=show_progress)
@@ -140,6 +173,40 @@ class SafeTrainerMixin:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_states(),
         }
+
+    # ------------------------------------------------------------- resuming
+    @property
+    def resume_file(self) -> str:
+        """The file holding the state after the last completed epoch (``--resume``)."""
+        return self.saved_model_file[: -len(".pth")] + ".last.pth"
+
+    def extra_state(self) -> dict[str, Any]:
+        """Trainer state beyond RecBole's, for subclasses to extend."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def save_resume_state(self, epoch: int) -> None:
+        """Everything needed to continue after ``epoch`` as if never interrupted."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        state = self.checkpoint_state(epoch)
+        state.update(
+            best_checkpoint=self.saved_model_file,
+            best_valid_result=(
+                None if self.best_valid_result is None
+                else {k: float(v) for k, v in self.best_valid_result.items()}
+            ),
+            train_loss=[[int(e), float(v)] for e, v in self.train_loss_dict.items()],
+            train_epoch_seconds=list(self.train_epoch_seconds),
+            valid_seconds=list(self.valid_seconds),
+            extra=self.extra_state(),
+        )
+        generator = getattr(self._train_data, "generator", None)
+        if isinstance(generator, torch.Generator):
+            state["rng"]["train_loader"] = generator.get_state()
+        atomic_torch_save(state, self.resume_file)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -165,17 +232,30 @@ class SafeTrainerMixin:
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         return checkpoint
 
-    def resume_checkpoint(self, resume_file):
+    def resume_checkpoint(self, resume_file, train_data=None):
+        """Continue from a ``.last.pth`` resume file (or, less completely, a best checkpoint)."""
         resume_file = str(resume_file)
-        self.saved_model_file = resume_file
         checkpoint = self.load_weights(resume_file)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.saved_model_file = checkpoint.get("best_checkpoint", resume_file)
+        if checkpoint.get("best_valid_result") is not None:
+            self.best_valid_result = checkpoint["best_valid_result"]
+        self.train_loss_dict = {epoch: loss for epoch, loss in checkpoint.get("train_loss", [])}
+        self.train_epoch_seconds = list(checkpoint.get("train_epoch_seconds", []))
+        self.valid_seconds = list(checkpoint.get("valid_seconds", []))
+        self.load_extra_state(checkpoint.get("extra", {}))
         if "rng" in checkpoint:
             set_rng_states(checkpoint["rng"])
-        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+            generator = getattr(train_data, "generator", None)
+            if "train_loader" in checkpoint["rng"] and isinstance(generator, torch.Generator):
+                generator.set_state(checkpoint["rng"]["train_loader"])
+        self.logger.info(
+            f"Resumed from {resume_file}: epoch {checkpoint['epoch']} was the last completed, "
+            f"training continues at epoch {self.start_epoch}"
+        )
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):

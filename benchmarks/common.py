@@ -1,0 +1,64 @@
+"""Helpers the benchmark scripts share: running the CLI in a clean process, writing tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600) -> dict[str, Any]:
+    """Run ``run_recbole_perpeft.py`` in its own process (clean peak-memory figures)."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    result_file = workdir / f"result-{len(list(workdir.glob('result-*.json')))}.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "run_recbole_perpeft.py"), *args, f"--result_file={result_file}",
+         "--show_progress=False", "--state=WARNING"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"run failed ({' '.join(args)}):\n{completed.stderr[-3000:]}")
+    return json.loads(result_file.read_text())
+
+
+def write_outputs(stem: Path, payload: dict[str, Any], table: str) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
