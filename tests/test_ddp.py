@@ -13,8 +13,8 @@ With dropout off and no sampled negatives (SASRec, CE loss) only the first remai
 test metrics agree to RecBole's 4 printed decimals (asserted: |Δ| <= 1e-3 on every metric, to
 allow a tie flipping in a top-k list). PerPEFT samples one negative per position, so its
 2-process run draws other negatives than the 1-process run: the metrics differ as two runs
-with different sampling seeds do. Observed on this 200-user set: |Δ ndcg@20| = 0.005 and
-|Δ hit@20| = 0.015 (3 users); asserted: |Δ ndcg@20| <= 0.02 and |Δ hit@20| <= 0.04.
+with different sampling seeds do. Observed on this 200-user set: |Δ ndcg@20| = 0.005-0.007 and
+|Δ hit@20| <= 0.015 (3 users); asserted: |Δ ndcg@20| <= 0.02 and |Δ hit@20| <= 0.04.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def test_two_process_gloo_sasrec_matches_one_process(tmp_path):
         assert double["test_result"][metric] == pytest.approx(value, abs=1e-3), metric
     # The epoch loss is averaged over ranks: the same per-batch means as one process.
     assert double["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
-    # Only rank 0 wrote a checkpoint (the file the result names).
-    assert double["checkpoint"] and len(list((tmp_path / "saved").glob("SASRec-*.pth"))) == 2
+    # Only rank 0 wrote a best checkpoint: one file per run (resume files aside).
+    best_files = [f for f in (tmp_path / "saved").glob("SASRec-*.pth") if not f.name.endswith(".last.pth")]
+    assert double["checkpoint"] and len(best_files) == 2
 
 
 def test_two_process_gloo_perpeft_matches_one_process(tmp_path):
