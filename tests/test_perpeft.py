@@ -131,3 +131,14 @@ def test_diverging_loss_names_epoch_and_group(small_data, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "training loss is" in err and "epoch" in err and "group(s) [0]" in err
+
+
+def test_text_only_ml100k_with_offline_minilm():
+    # IISAN: MiniLM runs once over the 1682 titles; the side network trains on cached states.
+    record = run_recbole_perpeft("PerPEFT", "ml-100k", config_dict={
+        "foundation_model": "all-MiniLM-L6-v2", "peft_type": "iisan", "epochs": 2, "warmup_epochs": 1,
+        "n_groups": 2, "train_batch_size": 64, "learning_rate": 1e-3, "user_inter_num_interval": "[5,60]",
+        "show_progress": False, "state": "WARNING"})
+    assert record["dataset"] == "ml-100k" and all(math.isfinite(v) for v in record["test_result"].values())
+    assert record["params_breakdown"]["foundation"] > 20_000_000  # the real MiniLM
+    assert record["grouping_log"][0]["event"] == "grouped"  # the tested best may be a warm-up epoch

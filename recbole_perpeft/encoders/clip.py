@@ -285,7 +285,8 @@ def build_random_clip_b32(seed: int = 0, *, text_length: int = CLIP_TEXT_LENGTH)
     tokenizer = char_level_clip_tokenizer(text_length)
     config = CLIPConfig(text_config=_text_ids(tokenizer))
     image_processor = _small_image_processor(config.vision_config.image_size)
-    processor = HFItemProcessor(tokenizer, image_processor, min(text_length, config.text_config.max_position_embeddings))
+    text_length = min(text_length, config.text_config.max_position_embeddings)
+    processor = HFItemProcessor(tokenizer, image_processor, text_length)
     return CLIPFoundationEncoder(_random_clip(config, seed), processor, name=RANDOM_CLIP_B32, seed=seed)
 
 

@@ -107,7 +107,11 @@ class IISANSideNetwork(nn.Module):
         self.fusion_dim = min(widths.values()) if len(self.modalities) > 1 else 0
         if self.fusion_dim:
             self.to_fusion = nn.ModuleDict(
-                {m: nn.Linear(widths[m], self.fusion_dim, bias=False) for m in self.modalities if widths[m] != self.fusion_dim}
+                {
+                    m: nn.Linear(widths[m], self.fusion_dim, bias=False)
+                    for m in self.modalities
+                    if widths[m] != self.fusion_dim
+                }
             )
             self.inter = GatedTower(self.fusion_dim, n_states, bottleneck, activation)
         self.feature_dim = sum(widths.values()) + self.fusion_dim
