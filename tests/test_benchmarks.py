@@ -25,3 +25,16 @@ def test_encoder_backends_benchmark_quick(tmp_path):
     content = payload["content_path"]
     assert content["cached_seconds_per_batch"] > 0 and content["speedup_batched_eval"] > 0
     assert "| lora |" in out.with_suffix(".md").read_text()
+
+
+def test_perpeft_ablation_benchmark_quick(tmp_path):
+    out = tmp_path / "ablation"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "perpeft_ablation.py"), "--quick", "--groups", "1", "2",
+         "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert [run["n_groups"] for run in payload["runs"]] == [1, 2]
+    assert payload["runs"][1]["personalised_epoch_seconds"] > 0
+    assert "| 2 | lora | on |" in out.with_suffix(".md").read_text()
