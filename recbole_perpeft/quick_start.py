@@ -141,6 +141,9 @@ def run_recbole_perpeft(
     else:
         data = create_dataset(config)
     logger.info(data)
+    # Counted before the split: a sequential dataset's build() replaces its interactions by the
+    # augmented training rows.
+    dataset_stats = {"users": data.user_num - 1, "items": data.item_num - 1, "interactions": data.inter_num}
     with unsharded_loaders(config):  # under DDP, batches are split by rows in the trainer
         train_data, valid_data, test_data = data_preparation(config, data)
 
@@ -175,11 +178,8 @@ def run_recbole_perpeft(
         "seed": config["seed"],
         "device": str(config["device"]),
         "world_size": 1 if config["single_spec"] else int(config["world_size"]),
-        "dataset_stats": {
-            "users": data.user_num - 1,
-            "items": data.item_num - 1,
-            "interactions": data.inter_num,
-        },
+        "dataset_stats": dataset_stats,
+
         "best_valid_score": float(best_valid_score),
         "best_valid_result": _plain(best_valid_result),
         "test_result": _plain(test_result),
