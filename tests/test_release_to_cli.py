@@ -43,3 +43,19 @@ def test_release_layout_converts_and_loads_with_the_same_counts(tmp_path):
                      "--show_progress=False", "--state=WARNING", f"--result_file={result}"]) == 0
     stats = json.loads(result.read_text())["dataset_stats"]
     assert stats == {"users": users, "items": items, "interactions": interactions}
+
+
+def test_users_with_fewer_than_three_interactions_are_counted(tmp_path, caplog):
+    import logging
+
+    folder = tmp_path / "data" / "short"
+    folder.mkdir(parents=True)
+    rows = [("u1", "i1"), ("u1", "i2"), ("u2", "i1"), ("u2", "i2"), ("u2", "i3"), ("u2", "i4"),
+            ("u3", "i3"), ("u3", "i4"), ("u3", "i1"), ("u4", "i2")]
+    (folder / "short.inter").write_text(
+        "user_id:token\titem_id:token\ttimestamp:float\n"
+        + "".join(f"{u}\t{i}\t{t}\n" for t, (u, i) in enumerate(rows)))
+    with caplog.at_level(logging.WARNING):
+        assert cli_main(["--model=SASRec", "--dataset=short", f"--data_path={tmp_path / 'data'}", "--epochs=1",
+                         "--hidden_size=8", "--inner_size=8", "--n_layers=1", "--show_progress=False"]) == 0
+    assert "2 users have fewer than 3 interactions" in caplog.text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
 
@@ -77,6 +78,7 @@ class PluginSequentialDataset(SequentialDataset):
     """``SequentialDataset`` with evaluation histories and a selectable training unit."""
 
     def build(self):
+        self._report_short_users()
         train, valid, test = super().build()
         n_users, n_items = self.user_num, self.item_num
         train_users, train_items = sequence_items(train)
@@ -97,6 +99,19 @@ class PluginSequentialDataset(SequentialDataset):
             train = last_row_per_user(train)
             train.history = history
         return [train, valid, test]
+
+    def _report_short_users(self) -> int:
+        """Count users too short for leave-one-out (< 3 interactions): they lack a training row."""
+        users = torch.as_tensor(np.asarray(self.inter_feat[self.uid_field]), dtype=torch.long)
+        counts = torch.bincount(users, minlength=self.user_num)[1:]
+        short = int(((counts > 0) & (counts < 3)).sum())
+        if short:
+            self.logger.warning(
+                f"{short} users have fewer than 3 interactions: leave-one-out gives them no training "
+                "sample (and those with 1 no validation either); filter them with "
+                "user_inter_num_interval=\"[3,inf)\" if that is not wanted"
+            )
+        return short
 
     def _filter_by_inter_num(self):
         # RecBole filters silently; say how many users and items the intervals removed.
