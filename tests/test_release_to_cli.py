@@ -57,5 +57,6 @@ def test_users_with_fewer_than_three_interactions_are_counted(tmp_path, caplog):
         + "".join(f"{u}\t{i}\t{t}\n" for t, (u, i) in enumerate(rows)))
     with caplog.at_level(logging.WARNING):
         assert cli_main(["--model=SASRec", "--dataset=short", f"--data_path={tmp_path / 'data'}", "--epochs=1",
-                         "--hidden_size=8", "--inner_size=8", "--n_layers=1", "--show_progress=False"]) == 0
+                         "--hidden_size=8", "--inner_size=8", "--n_layers=1", "--show_progress=False",
+                         "--topk=[2]", "--valid_metric=NDCG@2"]) == 0
     assert "2 users have fewer than 3 interactions" in caplog.text
