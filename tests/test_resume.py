@@ -87,3 +87,28 @@ def test_perpeft_killed_mid_epoch_resumes_to_identical_metrics(tmp_path, after_e
     assert resumed["test_result"] == clean["test_result"]
     assert resumed["groups"] == clean["groups"]
     assert [e["event"] for e in resumed["grouping_log"]] == ["grouped"]
+
+
+def test_kill_during_checkpoint_write_never_leaves_a_truncated_checkpoint(tmp_path):
+    import torch
+
+    from recbole_perpeft.compat import atomic_torch_save, safe_load
+
+    target = tmp_path / "model.last.pth"
+    atomic_torch_save({"epoch": 1, "w": torch.zeros(4)}, target)
+    writer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, torch; from recbole_perpeft.compat import atomic_torch_save\n"
+         "print('writing', flush=True)\n"
+         "while True: atomic_torch_save({'epoch': 2, 'w': torch.ones(50_000_000)}, sys.argv[1])",
+         str(target)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True,
+    )
+    assert writer.stdout.readline().strip() == "writing"
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".model.last.pth.*.tmp")) and time.time() < deadline:
+        time.sleep(0.01)  # wait until a temporary file is being written
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    state = safe_load(target)  # the published file is always whole
+    assert state["epoch"] in (1, 2) and state["w"].numel() in (4, 50_000_000)
