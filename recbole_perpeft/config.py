@@ -98,6 +98,10 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
+        # RecBole's generic default loads users and items only; ordering by time (the paper's
+        # leave-one-out) needs the timestamp. Datasets with their own load_col keep theirs.
+        if self.internal_config_dict.get("load_col") == {"inter": ["user_id", "item_id"]}:
+            self.internal_config_dict["load_col"] = {"inter": ["user_id", "item_id", "timestamp"]}
         root = properties_dir()
         for file in (
             root / "overall.yaml",
