@@ -1,4 +1,4 @@
-"""mmdemo: deterministic bytes, safe concurrent generation, and recoverable latent user groups."""
+"""mmdemo: deterministic bytes, safe concurrent generation, and recoverable latent user segments."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from recbole_perpeft.data.content import load_item_content
-from recbole_perpeft.data.mmdemo import CATEGORIES, PALETTE, generate_mmdemo
+from recbole_perpeft.data.mmdemo import CATEGORIES, DOMAINS, PALETTE, SHAPES, generate_mmdemo
 
 SMALL = {"n_users": 120, "n_items": 128, "max_len": 12}
 
@@ -52,7 +52,7 @@ def test_reuse_and_conflict(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="parameters"):
         generate_mmdemo(tmp_path / "mmdemo", seed=2, **SMALL)
     with pytest.raises(ValueError):
-        generate_mmdemo(tmp_path / "bad", n_colours=99)
+        generate_mmdemo(tmp_path / "bad", n_segments=99)
 
 
 def _gen(out: str) -> str:
@@ -84,80 +84,49 @@ def _image_colour(path: Path) -> str:
     return list(PALETTE)[int(votes.argmax())]
 
 
-def test_latent_groups_are_recoverable_from_the_data(tmp_path: Path) -> None:
-    d = generate_mmdemo(tmp_path / "mmdemo")  # the default configuration, as shipped
-    items = [
-        line.split("\t") for line in (d / "mmdemo.item").read_text().splitlines()[1:]
-    ]
-    assert len(items) == 800
-    colour = {item: _image_colour(d / "images" / image) for item, _, image in items}
-    category = {}
-    for item, title, _ in items:
-        words = [w for w in title.lower().split() if w in CATEGORIES]
-        assert len(words) == 1, title  # exactly one category word per title
-        assert not set(title.lower().split()) & set(PALETTE), (
-            title
-        )  # no colour word in titles
-        category[item] = words[0]
-    # the image really carries the colour of the ground truth
-    truth = {
-        r[0]: r[1:]
-        for r in (
-            line.split("\t")
-            for line in (d / "item_aspects.tsv").read_text().splitlines()[1:]
-        )
-    }
-    assert sum(colour[i] == truth[i][0] for i in colour) == 800
-    assert sum(category[i] == truth[i][1] for i in category) == 800
+def _column(path: Path) -> dict[str, list[str]]:
+    """A TSV ground-truth file as {first column: other columns}."""
+    rows = (line.split("\t") for line in path.read_text().splitlines()[1:])
+    return {r[0]: r[1:] for r in rows}
 
-    groups = {
-        r[0]: (r[1], r[2])
-        for r in (
-            line.split("\t") for line in (d / "groups.tsv").read_text().splitlines()[1:]
-        )
-    }
-    drivers = Counter(g for g, _ in groups.values())
-    assert (
-        drivers["colour"] == 900
-        and drivers["category"] == 900
-        and drivers["popularity"] == 200
-    )
+
+def test_latent_segments_are_recoverable_from_the_data(tmp_path: Path) -> None:
+    d = generate_mmdemo(tmp_path / "mmdemo")  # the default configuration, as shipped
+    items = [line.split("\t") for line in (d / "mmdemo.item").read_text().splitlines()[1:]]
+    assert len(items) == 3200
+    truth = _column(d / "item_aspects.tsv")  # domain, category, colour, shape, pattern, brand, adjective
+    domain_of_word = {word: domain for domain, words in DOMAINS.items() for word in words}
+    for item, title, _image in items:
+        words = title.split()
+        categories = [w for w in words if w in CATEGORIES]
+        assert categories == [truth[item][1]], title  # exactly one category word: the domain's
+        assert domain_of_word[categories[0]] == truth[item][0]
+        assert words[:3] == [truth[item][1], truth[item][5], truth[item][6]]  # category, brand, adjective
+        assert not {w.lower() for w in words} & (set(PALETTE) | set(SHAPES)), title  # image-only aspects
+    # the image really carries the colour of the ground truth
+    assert all(_image_colour(d / "images" / image) == truth[item][2] for item, _, image in items[:400])
+
+    segments = _column(d / "groups.tsv")  # segment (domain), aspect, value
+    assert Counter(s for s, _, _ in segments.values()) == {name: 500 for name in DOMAINS}
     seqs: dict[str, list[str]] = {}
     for line in (d / "mmdemo.inter").read_text().splitlines()[1:]:
         user, item, _ = line.split("\t")
         seqs.setdefault(user, []).append(item)
-    assert len(seqs) == 2000 and all(8 <= len(s) <= 25 for s in seqs.values())
+    assert len(seqs) == 2000 and all(6 <= len(s) <= 20 for s in seqs.values())
     assert all(len(set(s)) == len(s) for s in seqs.values())
-
-    share = {
-        ("colour", "colour"): [],
-        ("colour", "category"): [],
-        ("category", "category"): [],
-        ("category", "colour"): [],
-    }
+    column = {"colour": 2, "shape": 3, "brand": 5, "adjective": 6}
+    in_domain, on_aspect, off_aspect = [], [], []
     for user, seq in seqs.items():
-        driver, value = groups[user]
-        if driver == "popularity":
-            continue
-        top_colour = Counter(colour[i] for i in seq).most_common(1)[0]
-        top_cat = Counter(category[i] for i in seq).most_common(1)[0]
-        share[(driver, "colour")].append(top_colour[1] / len(seq))
-        share[(driver, "category")].append(top_cat[1] / len(seq))
-        if driver == "colour":
-            assert top_colour[0] == value
-        else:
-            assert top_cat[0] == value
-    # driven aspect: ~85 % of a user's items share it; the other aspect stays near chance (1/8)
-    assert (
-        np.mean(share[("colour", "colour")]) > 0.75
-        and np.mean(share[("colour", "category")]) < 0.4
-    )
-    assert (
-        np.mean(share[("category", "category")]) > 0.75
-        and np.mean(share[("category", "colour")]) < 0.4
-    )
+        domain, aspect, value = segments[user]
+        in_domain.append(np.mean([truth[i][0] == domain for i in seq]))
+        on_aspect.append(np.mean([truth[i][column[aspect]] == value for i in seq]))
+        # another aspect of the same modality family stays near chance
+        other = {"colour": "brand", "brand": "colour", "shape": "adjective", "adjective": "shape"}[aspect]
+        top_other = Counter(truth[i][column[other]] for i in seq).most_common(1)[0][1]
+        off_aspect.append(top_other / len(seq))
+    # ~90 % of a user's items are in their domain with their preferred value; other aspects ~ chance
+    assert np.mean(in_domain) > 0.85 and np.mean(on_aspect) > 0.85
+    assert np.mean(off_aspect) < 0.45
     # and the files load as item content
-    content = load_item_content(
-        d, "mmdemo", ["[PAD]", *sorted(colour)], verify_images=True
-    )
-    assert content.has_image.sum() == 800 and content.has_title.sum() == 800
+    content = load_item_content(d, "mmdemo", ["[PAD]", *sorted(truth)], verify_images=True)
+    assert content.has_image.sum() == 3200 and content.has_title.sum() == 3200

@@ -1,11 +1,19 @@
-"""``mmdemo``: a small synthetic multimodal dataset in which user groups follow different aspects.
+"""``mmdemo``: a small synthetic multimodal dataset in which user groups judge items differently.
 
-Every item has a *colour* that only its image shows and a *category* word that only its title
-shows (plus a shape, a background pattern, a brand and an adjective as noise). Users come in
-latent groups: colour users pick items of one colour (any category), category users pick items
-of one category (any colour), and a small popularity group picks popular items. A user-blind item
-encoder must serve both views with one projection, while per-group encoders can specialise: the
-situation PerPEFT is built for, small enough to train on a CPU in minutes.
+Every item belongs to a *domain* (kitchen, outdoor, office, home), named by the category word that
+opens its title and hinted at by the image's background tint, and has five further aspects: a
+colour, a shape and a background pattern that only its image shows, and a brand and an adjective
+that only its title shows.
+
+Users come in latent segments, one per domain. A segment's users stay inside their domain and
+choose by one *segment-specific* aspect: kitchen users by colour, outdoor users by brand, office
+users by shape, home users by adjective (each user has one preferred value). So the same two
+items are near-duplicates to one segment and unrelated to another: a user-blind item encoder has
+to carry every aspect of every item in one small space, while a per-group encoder only needs its
+domain's aspect; and inside a domain, only negatives from the same domain (group negatives) teach
+which aspect matters. This is the situation PerPEFT is built for, small enough to train on a CPU
+in minutes. Items are many and each is seen by few users, so ID embeddings alone cannot rank
+them: the content path has to do the work.
 
 Generation is deterministic in the seed (same seed -> byte-identical files on the same library
 versions: fixed JPEG settings, no clock time) and atomic (temporary folder + rename under a file
@@ -31,7 +39,7 @@ from recbole_perpeft.data.content import (
     write_item_file,
 )
 
-MMDEMO_VERSION = 1
+MMDEMO_VERSION = 2
 _GENERATOR_FILE = "generator.json"
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -43,46 +51,47 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "orange": (245, 135, 20),
     "black": (25, 25, 25),
 }
-CATEGORIES = (
-    "lamp", "mug", "backpack", "sneaker", "clock", "guitar", "blanket", "kettle",
-    "helmet", "notebook", "umbrella", "teapot",
-)  # fmt: skip
+# Each domain is named in titles by one of its category words.
+DOMAINS: dict[str, tuple[str, ...]] = {
+    "kitchen": ("mug", "kettle", "teapot"),
+    "outdoor": ("backpack", "helmet", "umbrella"),
+    "office": ("lamp", "notebook", "clock"),
+    "home": ("blanket", "cushion", "vase"),
+}
+# Light background tints: a domain is also visible, softly, in the image.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "kitchen": (240, 222, 196),
+    "outdoor": (206, 236, 206),
+    "office": (206, 222, 246),
+    "home": (240, 212, 232),
+}
+CATEGORIES = tuple(word for words in DOMAINS.values() for word in words)
 SHAPES = ("circle", "square", "triangle", "diamond")
 PATTERNS = ("plain", "stripes", "grid", "dots")
-# Title noise: deliberately free of colour words, so colour lives in the image only.
-_BRANDS = (
-    "Norvik",
-    "Altena",
-    "Brisco",
-    "Calder",
-    "Dunmore",
-    "Elko",
-    "Fenwick",
-    "Galen",
-)
-_ADJECTIVES = (
-    "Classic",
-    "Compact",
-    "Deluxe",
-    "Portable",
-    "Modern",
-    "Vintage",
-    "Premium",
-    "Essential",
-)
+# Title words: deliberately free of colour and shape words, so those live in the image only.
+BRANDS = ("Norvik", "Altena", "Brisco", "Calder", "Dunmore", "Elko", "Fenwick", "Galen")
+ADJECTIVES = ("Classic", "Compact", "Deluxe", "Portable", "Modern", "Vintage", "Premium", "Essential")
+# The aspect each domain's users choose by (segment i <-> domain i): two image, two title aspects.
+SEGMENT_ASPECTS = ("colour", "brand", "shape", "adjective")
+ASPECT_VALUES: dict[str, tuple[str, ...]] = {
+    "colour": tuple(PALETTE),
+    "brand": BRANDS,
+    "shape": SHAPES,
+    "adjective": ADJECTIVES,
+}
 _BASE_TIME = 1_577_836_800  # 2020-01-01, a fixed origin: no clock time in the files
 _JPEG_QUALITY = 90
 
 
 def _draw_item(
-    rng: np.random.Generator, colour: str, shape: str, pattern: str, size: int
+    rng: np.random.Generator, colour: str, shape: str, pattern: str, domain: str, size: int
 ) -> bytes:
-    """One JPEG: a coloured shape on a light, patterned background (colour = the signal)."""
-    grey = int(rng.integers(205, 246))
-    img = Image.new("RGB", (size, size), (grey, grey, grey))
+    """One JPEG: a coloured shape on a light, patterned background tinted by the item's domain."""
+    background = tuple(int(v) for v in np.clip(np.array(BACKGROUNDS[domain]) + rng.integers(-8, 9, 3), 0, 255))
+    img = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(img)
     line = max(1, size // 32)
-    tone = (grey - 40,) * 3
+    tone = tuple(v - 40 for v in background)
     step = size // 8
     if pattern == "stripes":
         for x in range(int(rng.integers(0, step)), size, step):
@@ -122,32 +131,22 @@ def _params(
     seed: int,
     n_users: int,
     n_items: int,
-    n_colours: int,
-    n_categories: int,
+    n_segments: int,
     min_len: int,
     max_len: int,
     noise: float,
-    colour_share: float,
-    category_share: float,
+    popularity_sigma: float,
     image_size: int,
 ) -> dict[str, float | int]:
-    if not 1 <= n_colours <= len(PALETTE):
-        raise ValueError(f"n_colours must be in 1..{len(PALETTE)}")
-    if not 1 <= n_categories <= len(CATEGORIES):
-        raise ValueError(f"n_categories must be in 1..{len(CATEGORIES)}")
-    if n_items < n_colours * n_categories:
-        raise ValueError("n_items must be at least n_colours * n_categories")
-    if not 1 <= min_len <= max_len or max_len > n_items // max(n_colours, n_categories):
-        raise ValueError("need 1 <= min_len <= max_len <= items per colour/category")
-    if (
-        not 0.0 <= noise <= 1.0
-        or colour_share < 0
-        or category_share < 0
-        or colour_share + category_share > 1
-    ):
+    if not 1 <= n_segments <= len(DOMAINS):
+        raise ValueError(f"n_segments must be in 1..{len(DOMAINS)}")
+    domain_size = n_items // n_segments
+    if not 1 <= min_len <= max_len or max_len > domain_size:
         raise ValueError(
-            "noise must be in [0, 1]; colour_share + category_share in [0, 1]"
+            f"need 1 <= min_len <= max_len <= items per domain = {domain_size}; raise n_items or lower max_len"
         )
+    if not 0.0 <= noise <= 1.0 or popularity_sigma < 0:
+        raise ValueError("noise must be in [0, 1] and popularity_sigma >= 0")
     if n_users < 1 or image_size < 16:
         raise ValueError("n_users must be >= 1 and image_size >= 16")
     return {
@@ -155,92 +154,77 @@ def _params(
         "seed": seed,
         "n_users": n_users,
         "n_items": n_items,
-        "n_colours": n_colours,
-        "n_categories": n_categories,
+        "n_segments": n_segments,
         "min_len": min_len,
         "max_len": max_len,
         "noise": noise,
-        "colour_share": colour_share,
-        "category_share": category_share,
+        "popularity_sigma": popularity_sigma,
         "image_size": image_size,
     }
 
 
+def _balanced(rng: np.random.Generator, n: int, n_values: int) -> np.ndarray:
+    """``n`` values in ``0..n_values-1``, each used equally often (+-1), in random order."""
+    return rng.permutation(np.arange(n) % n_values)
+
+
 def _generate_into(tmp: Path, name: str, p: dict[str, float | int]) -> None:
     rng = np.random.default_rng(int(p["seed"]))
-    n_items, n_users = int(p["n_items"]), int(p["n_users"])
-    colours = list(PALETTE)[: int(p["n_colours"])]
-    categories = list(CATEGORIES[: int(p["n_categories"])])
+    n_items, n_users, n_segments = int(p["n_items"]), int(p["n_users"]), int(p["n_segments"])
+    domains = list(DOMAINS)[:n_segments]
     iw = max(4, len(str(n_items)))
     uw = max(4, len(str(n_users)))
     item_ids = [f"i{i + 1:0{iw}d}" for i in range(n_items)]
     user_ids = [f"u{u + 1:0{uw}d}" for u in range(n_users)]
 
-    # Balanced aspects: every (colour, category) cell gets the same number of items (+-1),
-    # so a colour says nothing about the category and the other way round.
-    order = rng.permutation(n_items)
-    item_colour = np.empty(n_items, dtype=np.int64)
-    item_cat = np.empty(n_items, dtype=np.int64)
-    item_colour[order] = np.arange(n_items) % len(colours)
-    item_cat[order] = (np.arange(n_items) // len(colours)) % len(categories)
-    item_shape = rng.integers(0, len(SHAPES), n_items)
-    item_pattern = rng.integers(0, len(PATTERNS), n_items)
-    popularity = rng.lognormal(0.0, 0.8, n_items)
+    # Every aspect is balanced and drawn independently of the others, so no aspect says anything
+    # about another one (a colour does not reveal a brand or a domain).
+    item_domain = _balanced(rng, n_items, n_segments)
+    aspect_of_item = {aspect: _balanced(rng, n_items, len(values)) for aspect, values in ASPECT_VALUES.items()}
+    item_word = rng.integers(0, 3, n_items)
+    item_pattern = _balanced(rng, n_items, len(PATTERNS))
+    popularity = rng.lognormal(0.0, float(p["popularity_sigma"]), n_items)
 
     images_dir = tmp / "images"
     images_dir.mkdir()
     item_rows = []
-    aspect_lines = ["item_id\tcolour\tcategory\tshape\tpattern"]
+    aspect_lines = ["item_id\tdomain\tcategory\tcolour\tshape\tpattern\tbrand\tadjective"]
     for i, item in enumerate(item_ids):
-        colour, cat = colours[item_colour[i]], categories[item_cat[i]]
-        shape, pattern = SHAPES[item_shape[i]], PATTERNS[item_pattern[i]]
-        jpeg = _draw_item(rng, colour, shape, pattern, int(p["image_size"]))
+        domain = domains[item_domain[i]]
+        category = DOMAINS[domain][item_word[i]]
+        colour = list(PALETTE)[aspect_of_item["colour"][i]]
+        shape = SHAPES[aspect_of_item["shape"][i]]
+        pattern = PATTERNS[item_pattern[i]]
+        brand = BRANDS[aspect_of_item["brand"][i]]
+        adjective = ADJECTIVES[aspect_of_item["adjective"][i]]
+        jpeg = _draw_item(rng, colour, shape, pattern, domain, int(p["image_size"]))
         (images_dir / f"{item}.jpg").write_bytes(jpeg)
-        brand = _BRANDS[int(rng.integers(len(_BRANDS)))]
-        adjective = _ADJECTIVES[int(rng.integers(len(_ADJECTIVES)))]
-        model = (
-            f"{chr(ord('A') + int(rng.integers(26)))}-{int(rng.integers(100, 1000))}"
-        )
-        item_rows.append((item, f"{brand} {adjective} {cat} {model}", f"{item}.jpg"))
-        aspect_lines.append(f"{item}\t{colour}\t{cat}\t{shape}\t{pattern}")
+        model = f"{chr(ord('A') + int(rng.integers(26)))}-{int(rng.integers(100, 1000))}"
+        item_rows.append((item, f"{category} {brand} {adjective} {model}", f"{item}.jpg"))
+        aspect_lines.append(f"{item}\t{domain}\t{category}\t{colour}\t{shape}\t{pattern}\t{brand}\t{adjective}")
 
-    n_colour_users = round(n_users * float(p["colour_share"]))
-    n_cat_users = round(n_users * float(p["category_share"]))
-    drivers = np.array(
-        ["colour"] * n_colour_users
-        + ["category"] * n_cat_users
-        + ["popularity"] * (n_users - n_colour_users - n_cat_users)
-    )
-    drivers = drivers[rng.permutation(n_users)]
+    segment_of_user = _balanced(rng, n_users, n_segments)
     rows: list[tuple[int, int, int, int]] = []  # (time, user, step, item)
-    group_lines = ["user_id\tdriver\tvalue"]
+    group_lines = ["user_id\tsegment\taspect\tvalue"]
     noise = float(p["noise"])
     for u in range(n_users):
-        driver = str(drivers[u])
-        if driver == "colour":
-            value_idx = int(rng.integers(len(colours)))
-            value = colours[value_idx]
-            matching = item_colour == value_idx
-        elif driver == "category":
-            value_idx = int(rng.integers(len(categories)))
-            value = categories[value_idx]
-            matching = item_cat == value_idx
-        else:
-            value = "-"
-            matching = np.ones(n_items, dtype=bool)
-        group_lines.append(f"{user_ids[u]}\t{driver}\t{value}")
+        segment = int(segment_of_user[u])
+        aspect = SEGMENT_ASPECTS[segment]
+        value_idx = int(rng.integers(len(ASPECT_VALUES[aspect])))
+        group_lines.append(f"{user_ids[u]}\t{domains[segment]}\t{aspect}\t{ASPECT_VALUES[aspect][value_idx]}")
+        in_domain = item_domain == segment
+        liked = in_domain & (aspect_of_item[aspect] == value_idx)
         length = int(rng.integers(int(p["min_len"]), int(p["max_len"]) + 1))
         available = np.ones(n_items, dtype=bool)
         t = _BASE_TIME + int(rng.integers(0, 180 * 86400))
         for step in range(length):
-            pool = available & matching if rng.random() >= noise else available
-            if not pool.any():
-                pool = available
+            # A noisy step is a popularity pick from the whole catalogue.
+            pool = available & liked if rng.random() >= noise else available
+            if not pool.any():  # a long sequence in a small catalogue: widen to the domain
+                pool = available & in_domain if (available & in_domain).any() else available
             weights = np.where(pool, popularity, 0.0)
             item = int(rng.choice(n_items, p=weights / weights.sum()))
-            available[item] = (
-                False  # no repeats: RecBole's full ranking excludes history anyway
-            )
+            available[item] = False  # no repeats: history items are not ranked anyway
             rows.append((t, u, step, item))
             t += int(rng.integers(3600, 5 * 86400))
     rows.sort()  # global time order; (user, step) break ties deterministically
@@ -251,49 +235,46 @@ def _generate_into(tmp: Path, name: str, p: dict[str, float | int]) -> None:
     write_item_file(tmp / f"{name}.item", item_rows)
     atomic_write_text(tmp / "groups.tsv", "\n".join(group_lines) + "\n")
     atomic_write_text(tmp / "item_aspects.tsv", "\n".join(aspect_lines) + "\n")
-    counts = {
-        d: int((drivers == d).sum()) for d in ("colour", "category", "popularity")
-    }
+    segment_lines = "\n".join(
+        f"  {domains[s]} users ({int((segment_of_user == s).sum())}): stay in the {domains[s]} domain and "
+        f"choose by {SEGMENT_ASPECTS[s]} ({', '.join(ASPECT_VALUES[SEGMENT_ASPECTS[s]])})"
+        for s in range(n_segments)
+    )
     readme = f"""{name}: synthetic multimodal sequential-recommendation data (recbole-perpeft mmdemo v{MMDEMO_VERSION})
 
 Generated by recbole_perpeft.data.mmdemo.generate_mmdemo with the parameters in {_GENERATOR_FILE}
 (seed {p["seed"]}); the same seed gives the same files.
 
-Items ({n_items}): each has a colour ({", ".join(colours)}) shown only in its 64x64-style JPEG
-image (images/<item>.jpg, a coloured {"/".join(SHAPES)} on a light background with a
-{"/".join(PATTERNS)} pattern), and a category word ({", ".join(categories)}) shown only in its
-title ("<brand> <adjective> <category> <model>"). Colours and categories are balanced and
-independent. Shape, pattern, brand and adjective are noise. Item popularity is log-normal.
+Items ({n_items}): each belongs to a domain ({", ".join(domains)}), named by the category word that
+opens its title ("<category> <brand> <adjective> <model>") and hinted at by the image's background
+tint. The image (images/<item>.jpg, a coloured {"/".join(SHAPES)} on a light {"/".join(PATTERNS)}
+background) shows the colour and shape; the title shows the brand and the adjective. All aspects
+are balanced and independent; the pattern is noise. Item popularity is log-normal (sigma {p["popularity_sigma"]}).
 
-Users ({n_users}): latent groups, recorded in groups.tsv (for analysis only, not for training):
-  colour users ({counts["colour"]}): pick items of one colour, any category;
-  category users ({counts["category"]}): pick items of one category, any colour;
-  popularity users ({counts["popularity"]}): pick items by popularity only.
-With probability {noise} a step ignores the driver (popularity over all items). Sequences have
-{p["min_len"]}-{p["max_len"]} distinct items, time-ordered (synthetic timestamps from 2020-01-01).
-item_aspects.tsv lists every item's colour, category, shape and pattern (ground truth).
+Users ({n_users}): latent segments, recorded in groups.tsv (for analysis only, not for training):
+{segment_lines}
+Each user prefers one value of their segment's aspect. With probability {noise} a step ignores
+the preference (a popularity pick over all items). Sequences have {p["min_len"]}-{p["max_len"]}
+distinct items, time-ordered (synthetic timestamps from 2020-01-01). item_aspects.tsv lists every
+item's domain, category, colour, shape, pattern, brand and adjective (ground truth).
 
 Files: {name}.inter, {name}.item (RecBole atomic files), images/, groups.tsv, item_aspects.tsv.
 """
     atomic_write_text(tmp / "README.txt", readme)
     # Written last: its presence marks a complete dataset.
-    atomic_write_text(
-        tmp / _GENERATOR_FILE, json.dumps(p, indent=1, sort_keys=True) + "\n"
-    )
+    atomic_write_text(tmp / _GENERATOR_FILE, json.dumps(p, indent=1, sort_keys=True) + "\n")
 
 
 def generate_mmdemo(
     out_dir: Path,
     seed: int = 2026,
     n_users: int = 2000,
-    n_items: int = 800,
-    n_colours: int = 8,
-    n_categories: int = 8,
-    min_len: int = 8,
-    max_len: int = 25,
-    noise: float = 0.15,
-    colour_share: float = 0.45,
-    category_share: float = 0.45,
+    n_items: int = 3200,
+    n_segments: int = 4,
+    min_len: int = 6,
+    max_len: int = 20,
+    noise: float = 0.1,
+    popularity_sigma: float = 0.5,
     image_size: int = 64,
 ) -> Path:
     """Generate the dataset into ``out_dir`` (the dataset folder; files are named after it).
@@ -303,19 +284,7 @@ def generate_mmdemo(
     """
     out_dir = Path(out_dir)
     name = out_dir.name
-    params = _params(
-        seed,
-        n_users,
-        n_items,
-        n_colours,
-        n_categories,
-        min_len,
-        max_len,
-        noise,
-        colour_share,
-        category_share,
-        image_size,
-    )
+    params = _params(seed, n_users, n_items, n_segments, min_len, max_len, noise, popularity_sigma, image_size)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(os.fspath(out_dir.parent / f".{name}.lock")):
         if out_dir.exists():
