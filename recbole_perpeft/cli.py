@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,12 +21,16 @@ USAGE = """run_recbole_perpeft.py --model=MODEL --dataset=DATASET [--config_file
        run_recbole_perpeft.py --tune=SPACE.yaml --model=MODEL --dataset=DATASET [--num_samples=N]
                               [--max_concurrent=K] [--cpus_per_trial=C] [--gpus_per_trial=G]
                               [--ray_address=ADDR] [--tune_dir=DIR] [--KEY=VALUE ...]
+       run_recbole_perpeft.py --recommend=CHECKPOINT (--history="ITEM ITEM ..." | --histories=FILE)
+                              [--user_id=USER] [--topk=K] [--include_seen] [--output=FILE]
+                              [--KEY=VALUE ...]
 
 Any RecBole or plugin config key can be given as --KEY=VALUE (values are read as YAML:
 --epochs=2, --learning_rate=1e-4, --topk="[10,20]"). Plugin models are looked up first,
 then RecBole's (SASRec, GRU4Rec, BERT4Rec, ...). --nproc=N trains in N processes (DDP: gloo on
 CPU, nccl on CUDA). --tune runs a Ray Tune search over SPACE.yaml; the other --KEY=VALUE are
-fixed for all trials (docs/tuning.md)."""
+fixed for all trials (docs/tuning.md). --recommend ranks the catalogue with a saved model for one
+history of raw item ids (oldest first) or for every line of a histories file (JSON lines out)."""
 
 
 def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
@@ -95,8 +100,57 @@ def requested_nproc(config_files: list[str] | None, overrides: dict[str, Any]) -
     return value
 
 
+def build_recommend_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_recbole_perpeft.py --recommend", usage=USAGE, allow_abbrev=False)
+    parser.add_argument("--recommend", required=True, metavar="CHECKPOINT", help="a saved model (.pth)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--history", help="raw item ids, oldest first, separated by spaces")
+    source.add_argument("--histories", metavar="FILE", help="one history per line (USER_ID<TAB>items allowed)")
+    parser.add_argument("--user_id", default=None, help="a known user keeps their group (PerPEFT)")
+    parser.add_argument("--topk", type=int, default=10, help="how many items (default 10)")
+    parser.add_argument("--include_seen", action="store_true", help="also rank the history's own items")
+    parser.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
+    return parser
+
+
+def recommend_main(argv: list[str]) -> int:
+    """``--recommend``: top-K items from a saved model; a table for one history, JSON lines for a file."""
+    known, rest = build_recommend_parser().parse_known_args(argv)
+    from recbole_perpeft.recommend import Recommender, format_table, read_histories, write_jsonl
+
+    overrides = parse_overrides(rest)
+    if known.histories:
+        users, histories = read_histories(known.histories)
+    else:
+        users, histories = [known.user_id], [known.history.split()]
+    with warnings.catch_warnings():
+        # Library deprecation notices (pandas, transformers, torch.amp) say nothing to this user.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        recommender = Recommender.from_checkpoint(known.recommend, **overrides)
+    results = recommender.recommend_batch(
+        histories, k=known.topk, exclude_seen=not known.include_seen, user_ids=users
+    )
+    if known.histories or known.output:
+        if known.output:
+            with open(known.output, "w", encoding="utf-8") as handle:
+                write_jsonl(zip(users, results), handle)
+            print(f"{len(results)} recommendation lists written to {known.output}")
+        else:
+            write_jsonl(zip(users, results), sys.stdout)
+    else:
+        print(format_table(results[0]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg == "--recommend" or arg.startswith("--recommend=") for arg in argv):
+        try:
+            return recommend_main(argv)
+        except PerPEFTError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     parser = build_parser()
     known, rest = parser.parse_known_args(argv)
     try:

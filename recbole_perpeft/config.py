@@ -146,3 +146,29 @@ class Config(RecBoleConfig):
         # Embedded datasets (ml-100k from RecBole's wheel, mmdemo generated on first use),
         # converted ones under data_path, and a clear error for anything else.
         final["data_path"] = str(resolve_dataset_dir(self.dataset, base_data_path))
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def run_config_of(config: RecBoleConfig) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its run: model, dataset and the user's own settings.
+
+    Only the settings the user gave (config files and ``--KEY=VALUE``) are kept, as plain
+    builtins (so the checkpoint still loads weights-only); the defaults come back from the
+    property files on reload. ``data_path`` is stored absolute, so the checkpoint can be used
+    from any working directory.
+    """
+    settings = {**getattr(config, "file_config_dict", {}), **getattr(config, "variable_config_dict", {})}
+    settings = {key: value for key, value in settings.items() if _is_plain(value)}
+    settings["data_path"] = str(Path(config["data_path"]).resolve().parent)
+    for key in ("model", "dataset"):
+        settings.pop(key, None)
+    return {"model": config["model"], "dataset": config["dataset"], "settings": settings}

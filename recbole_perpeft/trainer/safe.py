@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from recbole_perpeft.compat import atomic_torch_save, safe_load, unique_checkpoint_name
+from recbole_perpeft.config import run_config_of
 from recbole_perpeft.errors import TrainingDivergedError
 
 CHECKPOINT_FORMAT = 1
@@ -172,6 +173,8 @@ class SafeTrainerMixin:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_states(),
+            # Plain builtins: what ``recbole_perpeft.recommend`` needs to rebuild the run.
+            "run_config": run_config_of(self.config),
         }
 
     # ------------------------------------------------------------- resuming
