@@ -21,6 +21,7 @@ from recbole_perpeft.config import Config
 from recbole_perpeft.data.sequential import PluginSequentialDataset
 from recbole_perpeft.distributed import unsharded_loaders
 from recbole_perpeft.errors import ConfigError, PerPEFTError
+from recbole_perpeft.plots import plot_run, plots_dir_for
 from recbole_perpeft.utils import get_model, get_trainer
 
 _DEFAULT_DATASET_CLASS = {
@@ -186,6 +187,7 @@ def run_recbole_perpeft(
         "train_loss": [float(trainer.train_loss_dict[e]) for e in sorted(trainer.train_loss_dict)],
         "train_epoch_seconds": list(trainer.train_epoch_seconds),
         "valid_seconds": list(trainer.valid_seconds),
+        "valid_scores": list(trainer.valid_scores),
         "eval_seconds": trainer.last_eval_seconds,
         **peak_memory_mb(),
         "params": parameter_counts(recommender),
@@ -197,7 +199,25 @@ def run_recbole_perpeft(
     if result_file:
         write_result(record, result_file)
         logger.info(f"result written to {result_file}")
+    is_writer = config["single_spec"] or config["local_rank"] == 0
+    plots_dir = plots_dir_for(result_file, record["checkpoint"])
+    if config["plots"] and is_writer and plots_dir is not None:
+        record["plots"] = draw_plots(record, plots_dir, logger)
+        if result_file and record["plots"]:
+            write_result(record, result_file)
     return record
+
+
+def draw_plots(record: dict[str, Any], out_dir: Path, logger: logging.Logger) -> list[str]:
+    """The run's plots (recbole_perpeft.plots); a failure is logged and never loses the results."""
+    try:
+        paths = [str(path) for path in plot_run(record, out_dir)]
+    except Exception as error:  # noqa: BLE001 - the metrics are already safe; say why plots are missing
+        logger.warning(f"plots were not drawn ({type(error).__name__}: {error}); "
+                       "redraw later with python -m recbole_perpeft.plots RESULT.json")
+        return []
+    logger.info(f"plots written to {out_dir}")
+    return paths
 
 
 def find_resume_file(config: Config, resume: str | Path) -> Path:

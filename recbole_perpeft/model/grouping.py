@@ -129,3 +129,33 @@ def match_groups(old_group_of_user: torch.Tensor, new_group_of_user: torch.Tenso
         accumulate=True,
     )
     return overlap.argmax(dim=1)
+
+
+def project_2d(
+    representations: torch.Tensor, groups: torch.Tensor, centroids: torch.Tensor, seed: int, max_points: int = 2000
+) -> dict:
+    """A 2-D PCA view of user representations and centroids, for plots (plain lists).
+
+    At most ``max_points`` users, drawn with ``seed``; component signs are fixed (largest
+    loading positive) so the same run always draws the same picture.
+    """
+    points = representations.detach().double().cpu().numpy()
+    mean = points.mean(axis=0)
+    _, singular, components = np.linalg.svd(points - mean, full_matrices=False)
+    components = components[:2]
+    components *= np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])[:, None]
+    variance = singular**2
+    keep = np.arange(len(points))
+    if len(points) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(points), max_points, replace=False))
+    xy = (points[keep] - mean) @ components.T
+    centres = (centroids.detach().double().cpu().numpy() - mean) @ components.T
+    pad = np.zeros((len(xy), 2))
+    pad[:, : xy.shape[1]] = xy
+    return {
+        "x": pad[:, 0].round(5).tolist(),
+        "y": pad[:, 1].round(5).tolist(),
+        "group": groups[keep].tolist(),
+        "centroids": centres.round(5).tolist(),
+        "explained_variance": (variance[:2] / max(variance.sum(), 1e-12)).round(4).tolist(),
+    }

@@ -16,7 +16,7 @@ from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
 
 from recbole_perpeft.errors import ConfigError
-from recbole_perpeft.model.grouping import Grouping, cluster_users, match_groups
+from recbole_perpeft.model.grouping import Grouping, cluster_users, match_groups, project_2d
 from recbole_perpeft.trainer.safe import SafeTrainerMixin
 
 BATCH_MODES = ("group", "mixed")
@@ -70,10 +70,18 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self.evaluator = GroupAwareEvaluator(self.evaluator)
         self.grouping_log: list[dict] = []
         self._grouping_data = None
+        self._valid_data = None
+        # For the result file and its plots: the last grouping's 2-D view of the users, each
+        # group's validation metrics under the global model (taken right after grouping, when
+        # every group still holds a copy of the global modules) and at every later validation.
+        self.user_projection: dict | None = None
+        self.global_group_valid_results: dict[str, dict[str, float]] = {}
+        self.group_valid_history: dict[str, dict[str, dict[str, float]]] = {}
 
     # ---------------------------------------------------------------- schedule
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._grouping_data = valid_data if self.grouping_sequence == "train" else None
+        self._valid_data = valid_data
         self._train_rows = train_data
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
@@ -125,6 +133,10 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
             from recbole_perpeft.distributed import broadcast_object
 
             grouping = broadcast_object(grouping)
+        order = {int(u): i for i, u in enumerate(users.tolist())}
+        rows = torch.tensor([order[int(u)] for u in grouping.users.tolist()], dtype=torch.long)
+        self.user_projection = project_2d(reps[rows], grouping.group_of_user, grouping.centroids,
+                                          seed=self.config["seed"])
         return grouping
 
     def personalise(self, epoch_idx: int) -> None:
@@ -139,6 +151,9 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
             f"epoch {epoch_idx}: users grouped into {grouping.n_groups} groups, sizes {grouping.sizes()}"
             + (f" ({grouping.merged} small groups merged)" if grouping.merged else "")
         )
+        if self._valid_data:
+            self.evaluate(self._valid_data, load_best_model=False)
+            self.global_group_valid_results = {str(g): r for g, r in self.evaluator.group_results.items()}
 
     def regroup(self, epoch_idx: int) -> None:
         """Recluster; each new group starts from the old group it shares most members with."""
@@ -206,16 +221,43 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
             self.evaluator.row_groups = self.model.group_of_user.cpu()[users]
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
+    def _valid_epoch(self, valid_data, show_progress=False):
+        result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        if bool(self.model.personalised):
+            self.group_valid_history[str(self._current_epoch)] = {
+                str(g): r for g, r in self.evaluator.group_results.items()
+            }
+        return result
+
     def extra_state(self) -> dict:
-        return {"grouping_log": self.grouping_log}
+        return {"grouping_log": self.grouping_log, "user_projection": self.user_projection,
+                "global_group_valid_results": self.global_group_valid_results,
+                "group_valid_history": self.group_valid_history}
 
     def load_extra_state(self, state: dict) -> None:
         self.grouping_log = list(state.get("grouping_log", []))
+        self.user_projection = state.get("user_projection")
+        self.global_group_valid_results = dict(state.get("global_group_valid_results", {}))
+        self.group_valid_history = dict(state.get("group_valid_history", {}))
+
+    def best_group_valid_results(self) -> dict[str, dict[str, float]]:
+        """Per-group validation metrics at the best validated epoch after grouping (first of ties)."""
+        best_epoch, best_score = None, None
+        for epoch, score in self.valid_scores:
+            if str(epoch) not in self.group_valid_history:
+                continue
+            better = best_score is None or (score > best_score if self.valid_metric_bigger else score < best_score)
+            if better:
+                best_epoch, best_score = str(epoch), score
+        return self.group_valid_history.get(best_epoch, {}) if best_epoch is not None else {}
 
     def report(self) -> dict:
         return {
             "group_test_results": {str(g): r for g, r in self.evaluator.group_results.items()},
             "grouping_log": self.grouping_log,
+            "user_projection": self.user_projection,
+            "global_group_valid_results": self.global_group_valid_results,
+            "best_group_valid_results": self.best_group_valid_results(),
         }
 
 

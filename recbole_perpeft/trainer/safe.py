@@ -86,6 +86,7 @@ class SafeTrainerMixin:
         )
         self.train_epoch_seconds: list[float] = []
         self.valid_seconds: list[float] = []
+        self.valid_scores: list[list[float]] = []  # [epoch, score] of every validation
         self.last_eval_seconds: float = 0.0
         self._train_data = None
         self.last_valid_result: dict | None = None
@@ -147,6 +148,7 @@ class SafeTrainerMixin:
             self.logger.info(f"if this run is interrupted, continue it with --resume={self.resume_file}")
 
         def after_epoch(epoch_idx, valid_score):
+            self.valid_scores.append([int(epoch_idx), float(valid_score)])
             if saved:
                 self.save_resume_state(epoch_idx)
             if callback_fn is not None:
@@ -204,6 +206,7 @@ class SafeTrainerMixin:
             train_loss=[[int(e), float(v)] for e, v in self.train_loss_dict.items()],
             train_epoch_seconds=list(self.train_epoch_seconds),
             valid_seconds=list(self.valid_seconds),
+            valid_scores=[list(v) for v in self.valid_scores],
             extra=self.extra_state(),
         )
         generator = getattr(self._train_data, "generator", None)
@@ -249,6 +252,7 @@ class SafeTrainerMixin:
         self.train_loss_dict = {epoch: loss for epoch, loss in checkpoint.get("train_loss", [])}
         self.train_epoch_seconds = list(checkpoint.get("train_epoch_seconds", []))
         self.valid_seconds = list(checkpoint.get("valid_seconds", []))
+        self.valid_scores = [list(v) for v in checkpoint.get("valid_scores", [])]
         self.load_extra_state(checkpoint.get("extra", {}))
         if "rng" in checkpoint:
             set_rng_states(checkpoint["rng"])
