@@ -38,3 +38,18 @@ def test_perpeft_ablation_benchmark_quick(tmp_path):
     assert [run["n_groups"] for run in payload["runs"]] == [1, 2]
     assert payload["runs"][1]["personalised_epoch_seconds"] > 0
     assert "| 2 | lora | on |" in out.with_suffix(".md").read_text()
+
+
+def test_accuracy_benchmark_quick(tmp_path):
+    out, runs = tmp_path / "accuracy", tmp_path / "runs"
+    command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--quick", "--models", "SASRec", "PerPEFT",
+               "--backends", "iisan", "--out", str(out), "--runs", str(runs)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert [r["row"] for r in payload["runs"]] == ["SASRec", "global PEFT (iisan)", "PerPEFT (iisan)"]
+    for run in payload["runs"]:
+        assert 0 <= run["record"]["test_result"]["ndcg@30"] <= 1 and "hit@10" in run["record"]["test_result"]
+    assert "| PerPEFT (iisan) | 1 |" in out.with_suffix(".md").read_text()
+    # a second call finds every run done and repeats none
+    again = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    assert again.stdout.count("done before") == 3

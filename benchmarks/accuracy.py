@@ -1,0 +1,129 @@
+"""Accuracy benchmark: RecBole's sequential baselines vs global PEFT vs PerPEFT, same protocol.
+
+Every run goes through the CLI in its own process with the dataset's defaults and the plugin's
+evaluation protocol (properties/overall.yaml: leave-one-out by time, full ranking, history
+excluded, NDCG and Hit at 10/20/30, model selection on validation NDCG@20), so the numbers of
+all models of a dataset are comparable. Rows: SASRec, GRU4Rec, BERT4Rec, and for each PEFT
+backend the global model (``--n_groups=1``) and PerPEFT (the dataset's ``n_groups``).
+
+    python benchmarks/accuracy.py                                  # mmdemo and ml-100k, 3 seeds
+    python benchmarks/accuracy.py --datasets mmdemo --backends lora
+    python benchmarks/accuracy.py --quick                          # toy smoke run
+
+Each run's record is kept under ``--runs`` (default benchmarks/results/accuracy_runs/) and a run
+already there is not repeated, so an interrupted benchmark continues where it stopped. Writes
+benchmarks/results/accuracy.{json,md}.
+
+Datasets: ``mmdemo`` uses properties/dataset/mmdemo.yaml (tiny CLIP, 12 epochs, 4 warm-up,
+4 groups, batch 64, lr 1e-3) for every model. ``ml-100k`` is text-only with the offline
+all-MiniLM-L6-v2 encoder; the settings in ``DATASET_ARGS`` below (shared by every model) keep a LoRA
+run through MiniLM to a few minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import machine, markdown_table, run_cli, write_outputs  # noqa: E402
+
+BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
+BACKENDS = ("lora", "ia3", "iisan")
+METRICS = ("ndcg@10", "ndcg@20", "ndcg@30", "hit@10", "hit@20", "hit@30")
+DATASET_ARGS = {
+    "mmdemo": [],
+    "ml-100k": ["--foundation_model=all-MiniLM-L6-v2", "--epochs=8", "--warmup_epochs=3", "--n_groups=4",
+                "--train_batch_size=64", "--learning_rate=1e-3", "--weight_decay=0.0"],
+}
+
+
+def planned_runs(datasets, models, backends, seeds) -> list[dict]:
+    runs = []
+    for dataset in datasets:
+        for seed in seeds:
+            for model in models:
+                if model in BASELINES:
+                    runs.append({"dataset": dataset, "row": model, "seed": seed, "args": [f"--model={model}"]})
+                    continue
+                for backend in backends:
+                    for row, groups in (("global PEFT", ["--n_groups=1"]), ("PerPEFT", [])):
+                        runs.append({"dataset": dataset, "row": f"{row} ({backend})", "seed": seed,
+                                     "args": ["--model=PerPEFT", f"--peft_type={backend}", *groups]})
+    return runs
+
+
+def run_name(run: dict) -> str:
+    safe = run["row"].replace(" ", "_").replace("(", "").replace(")", "")
+    return f"{run['dataset']}__{safe}__{run['seed']}"
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(records: list[dict]) -> str:
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        rows = []
+        for row in dict.fromkeys(r["row"] for r in records if r["dataset"] == dataset):
+            tests = [r["record"]["test_result"] for r in records if r["dataset"] == dataset and r["row"] == row]
+            rows.append([row, len(tests), *(mean_std([t[m] for t in tests]) for m in METRICS)])
+        settings = " ".join(DATASET_ARGS.get(dataset, [])) or "the dataset's defaults"
+        out.append(f"### {dataset} (test, mean ± std over seeds; {settings})\n\n"
+                   + markdown_table(["model", "seeds", *(m.upper() for m in METRICS)], rows))
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASET_ARGS))
+    parser.add_argument("--models", nargs="+", default=[*BASELINES, "PerPEFT"])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[2020, 2021, 2022])
+    parser.add_argument("--extra", nargs="*", default=[], help="more --KEY=VALUE for every run")
+    parser.add_argument("--quick", action="store_true", help="toy data, one seed, two epochs")
+    parser.add_argument("--runs", default=str(Path(__file__).parent / "results" / "accuracy_runs"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy"))
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
+    extra = list(args.extra)
+    if args.quick:
+        from recbole_perpeft.data.mmdemo import generate_mmdemo
+
+        generate_mmdemo(workdir / "data" / "mmquick", n_users=150, n_items=160, max_len=12)
+        DATASET_ARGS["mmquick"] = ["--foundation_model=tiny-clip", "--epochs=2", "--warmup_epochs=1",
+                                   "--n_groups=2", "--train_batch_size=64"]
+        args.datasets, args.seeds = ["mmquick"], args.seeds[:1]
+        extra.append(f"--data_path={workdir / 'data'}")
+    runs_dir = Path(args.runs)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    plan = planned_runs(args.datasets, args.models, args.backends, args.seeds)
+    for index, run in enumerate(plan, start=1):
+        file = runs_dir / f"{run_name(run)}.json"
+        if file.is_file():
+            record = json.loads(file.read_text())
+            print(f"[{index}/{len(plan)}] {run['dataset']} {run['row']} seed={run['seed']}: done before", flush=True)
+        else:
+            print(f"[{index}/{len(plan)}] {run['dataset']} {run['row']} seed={run['seed']}", flush=True)
+            record = run_cli([*run["args"], f"--dataset={run['dataset']}", f"--seed={run['seed']}",
+                              f"--cache_dir={workdir / 'cache'}", "--plots=False",
+                              *DATASET_ARGS.get(run["dataset"], []), *extra],
+                             workdir=workdir / run_name(run))
+            file.write_text(json.dumps(record, indent=1) + "\n")
+        records.append({**{k: run[k] for k in ("dataset", "row", "seed")}, "record": record})
+    text = f"## Accuracy ({machine()['device']}, {machine()['cpu_count']} CPUs)\n\n" + table(records)
+    write_outputs(Path(args.out), {"machine": machine(), "settings": {**vars(args), "dataset_args": DATASET_ARGS},
+                                   "runs": records}, text)
+
+
+if __name__ == "__main__":
+    main()
