@@ -25,6 +25,20 @@ SMALL_SEQ = {
 }
 
 
+# A PerPEFT run small enough for a test: tiny CLIP, 3 epochs (1 warm-up), 3 groups.
+TINY_PERPEFT = {
+    "foundation_model": "tiny-clip",
+    "train_batch_size": 64,
+    "learning_rate": 2.0e-3,
+    "weight_decay": 0.0,
+    "epochs": 3,
+    "warmup_epochs": 1,
+    "n_groups": 3,
+    "show_progress": False,
+    "state": "WARNING",
+}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

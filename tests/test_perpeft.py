@@ -6,21 +6,12 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_PERPEFT
 
 from recbole_perpeft.data.mmdemo import generate_mmdemo
 from recbole_perpeft.quick_start import run_recbole_perpeft
 
-SMALL = {
-    "foundation_model": "tiny-clip",
-    "train_batch_size": 64,
-    "learning_rate": 2.0e-3,
-    "weight_decay": 0.0,
-    "epochs": 3,
-    "warmup_epochs": 1,
-    "n_groups": 3,
-    "show_progress": False,
-    "state": "WARNING",
-}
+SMALL = TINY_PERPEFT
 
 
 @pytest.fixture(scope="module")

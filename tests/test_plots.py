@@ -7,23 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SMALL_SEQ
+from conftest import REPO, SMALL_SEQ, TINY_PERPEFT
 from PIL import Image
 
 from recbole_perpeft.data.mmdemo import generate_mmdemo
 from recbole_perpeft.quick_start import run_recbole_perpeft
 
-TINY = {
-    "foundation_model": "tiny-clip",
-    "train_batch_size": 64,
-    "learning_rate": 2.0e-3,
-    "weight_decay": 0.0,
-    "epochs": 3,
-    "warmup_epochs": 1,
-    "n_groups": 2,
-    "show_progress": False,
-    "state": "WARNING",
-}
+TINY = {**TINY_PERPEFT, "n_groups": 2}
 PERPEFT_PLOTS = {"training_curve.png", "user_groups.png", "group_sizes.png", "group_ndcg.png"}
 
 

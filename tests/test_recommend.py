@@ -7,24 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_SEQ, run_cli
+from conftest import SMALL_SEQ, TINY_PERPEFT, run_cli
 
 from recbole_perpeft.data.mmdemo import generate_mmdemo
 from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.quick_start import run_recbole_perpeft
 from recbole_perpeft.recommend import Recommender, UnknownItemError
 
-TINY = {
-    "foundation_model": "tiny-clip",
-    "train_batch_size": 64,
-    "learning_rate": 2.0e-3,
-    "weight_decay": 0.0,
-    "epochs": 3,
-    "warmup_epochs": 1,
-    "n_groups": 3,
-    "show_progress": False,
-    "state": "WARNING",
-}
+TINY = TINY_PERPEFT
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +32,13 @@ def trained(tmp_path_factory):
     for line in (data / "mmrec" / "mmrec.inter").read_text().splitlines()[1:]:
         user, item, _ = line.split("\t")
         sequences.setdefault(user, []).append(item)
-    return {"checkpoint": record["checkpoint"], "record": record, "sequences": sequences, "root": root}
+    return {"checkpoint": record["checkpoint"], "record": record, "sequences": sequences, "root": root,
+            "recommender": Recommender.from_checkpoint(record["checkpoint"])}
 
 
 def test_same_history_same_result_across_reloads(trained):
     history = trained["sequences"]["u0001"][:-1]
-    first = Recommender.from_checkpoint(trained["checkpoint"]).recommend(history, k=15)
+    first = trained["recommender"].recommend(history, k=15)
     second = Recommender.from_checkpoint(trained["checkpoint"]).recommend(history, k=15)
     assert first == second
     assert len(first.items) == 15 and first.scores == sorted(first.scores, reverse=True)
@@ -56,7 +47,7 @@ def test_same_history_same_result_across_reloads(trained):
 
 
 def test_the_trained_model_ranks_held_out_items_better_than_chance(trained):
-    recommender = Recommender.from_checkpoint(trained["checkpoint"])
+    recommender = trained["recommender"]
     users = sorted(trained["sequences"])
     histories = [trained["sequences"][u][:-1] for u in users]
     results = recommender.recommend_batch(histories, k=20, user_ids=users)
@@ -70,7 +61,7 @@ def test_the_trained_model_ranks_held_out_items_better_than_chance(trained):
 
 
 def test_new_user_is_routed_to_a_formed_group_deterministically(trained):
-    recommender = Recommender.from_checkpoint(trained["checkpoint"])
+    recommender = trained["recommender"]
     formed = int(recommender.model.groups_formed)
     assert formed >= 2
     histories = [trained["sequences"][u][:5] for u in sorted(trained["sequences"])[:40]]
@@ -81,7 +72,7 @@ def test_new_user_is_routed_to_a_formed_group_deterministically(trained):
 
 
 def test_unknown_items_and_bad_inputs_are_clear_errors(trained):
-    recommender = Recommender.from_checkpoint(trained["checkpoint"])
+    recommender = trained["recommender"]
     with pytest.raises(UnknownItemError, match="not-an-item"):
         recommender.recommend(["i0001", "not-an-item"])
     with pytest.raises(ConfigError, match="empty history"):
@@ -109,8 +100,7 @@ def test_cli_one_history_and_batch_file(trained, tmp_path):
     batch = run_cli(f"--recommend={checkpoint}", f"--histories={file}", "--topk=5", f"--output={out}")
     assert batch.returncode == 0, batch.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    api = Recommender.from_checkpoint(checkpoint).recommend(trained["sequences"][users[0]][:-1], k=5,
-                                                            user_id=users[0])
+    api = trained["recommender"].recommend(trained["sequences"][users[0]][:-1], k=5, user_id=users[0])
     assert len(rows) == 6 and rows[0]["user_id"] == users[0] and rows[3]["user_id"] is None
     assert rows[0]["items"] == api.items and rows[0]["group"] == api.group
 
