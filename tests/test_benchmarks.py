@@ -53,3 +53,21 @@ def test_accuracy_benchmark_quick(tmp_path):
     # a second call finds every run done and repeats none
     again = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
     assert again.stdout.count("done before") == 3
+
+
+def test_efficiency_benchmark_quick(tmp_path):
+    out = tmp_path / "efficiency"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "efficiency.py"), "--quick", "--backends", "iisan", "none",
+         "--groups", "2", "--catalogue", "160", "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=900,
+    )
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["peft_type"], r["n_groups"]) for r in payload["rows"]] == [("iisan", 2), ("none", 2)]
+    for row in payload["rows"]:
+        assert row["global_epoch_s"] > 0 and row["personalised_epoch_s"] > 0 and row["ratio"] > 0
+        assert row["memory_mb"] > 0 and row["eval_s"] > 0
+    # min-max normalised over the two backends: the frozen model is cheapest in parameters
+    assert set(payload["tpme"]) == {"iisan", "none"} and all(0 <= v <= 1 for v in payload["tpme"].values())
+    assert [s["items"] for s in payload["catalogue_scaling"]] == [160]
+    assert "| iisan | 2 |" in out.with_suffix(".md").read_text()

@@ -1,0 +1,146 @@
+"""Efficiency benchmark: time, memory and parameters per PEFT backend, n_groups and catalogue size.
+
+Part 1 (backends x groups): PerPEFT on mmdemo for each backend (``lora``, ``ia3``, ``iisan``,
+``none`` = frozen foundation model) and ``n_groups`` in {1, 2, 4, 8}: seconds per global epoch
+and per personalised epoch (and their ratio), test-evaluation seconds, peak memory (RSS on CPU,
+``torch.cuda.max_memory_allocated`` on CUDA), trainable parameters, PEFT parameters per group,
+and IISAN's TPME (0.45 * time + 0.1 * trainable parameters + 0.45 * memory, each min-max
+normalised over the backends compared at the smallest ``n_groups``, 1 by default; lower is better).
+
+Part 2 (catalogue size): epoch time and memory of the global model for generated mmdemo variants
+with 1k, 4k and 16k items (users scale with the items, 5 interactions per item on average).
+
+Every run is its own process (clean peak-memory figures). Time is measured, not accuracy: a few
+epochs suffice (default 3: 1 global + 2 personalised).
+
+    python benchmarks/efficiency.py
+    python benchmarks/efficiency.py --foundation_model=clip-vit-base-patch32-random   # real size
+    python benchmarks/efficiency.py --quick                                           # toy smoke run
+On a GPU machine the same command runs on CUDA (``use_gpu`` is on by default) and records the
+device. Writes benchmarks/results/efficiency.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import machine, markdown_table, run_cli, write_outputs  # noqa: E402
+
+TPME_WEIGHTS = {"time": 0.45, "params": 0.1, "memory": 0.45}
+
+
+def memory_mb(record: dict) -> float:
+    return record.get("peak_cuda_memory_mb", record["peak_memory_mb"])
+
+
+def stage_seconds(record: dict) -> tuple[float | None, float | None]:
+    """Mean seconds of a global and of a personalised epoch (the first of each stage dropped
+    when the stage has more than one: it pays one-off costs such as caches and grouping)."""
+    seconds = record["train_epoch_seconds"]
+    log = record.get("grouping_log") or []
+    split = log[0]["epoch"] if log else len(seconds)
+
+    def steady(part: list[float]) -> float | None:
+        if not part:
+            return None
+        return statistics.mean(part[1:] if len(part) > 1 else part)
+
+    return steady(seconds[:split]), steady(seconds[split:])
+
+
+def minmax(values: dict[str, float]) -> dict[str, float]:
+    low, high = min(values.values()), max(values.values())
+    return {k: 0.0 if high == low else (v - low) / (high - low) for k, v in values.items()}
+
+
+def tpme(rows: list[dict]) -> dict[str, float]:
+    """TPME per backend (IISAN's efficiency metric), over the rows with the fewest groups."""
+    fewest = min(r["n_groups"] for r in rows)
+    base = {r["peft_type"]: r for r in rows if r["n_groups"] == fewest}
+    if len(base) < 2:
+        return {}
+    time = minmax({k: r["global_epoch_s"] for k, r in base.items()})
+    params = minmax({k: float(r["trainable"]) for k, r in base.items()})
+    memory = minmax({k: r["memory_mb"] for k, r in base.items()})
+    return {k: TPME_WEIGHTS["time"] * time[k] + TPME_WEIGHTS["params"] * params[k]
+            + TPME_WEIGHTS["memory"] * memory[k] for k in base}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", nargs="+", default=["lora", "ia3", "iisan", "none"])
+    parser.add_argument("--groups", nargs="+", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--catalogue", nargs="*", type=int, default=[1000, 4000, 16000],
+                        help="item counts for the scaling part (none: skip it)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--foundation_model", default="tiny-clip")
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--extra", nargs="*", default=[], help="more --KEY=VALUE for every run")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "efficiency"))
+    args = parser.parse_args()
+    from recbole_perpeft.data.mmdemo import generate_mmdemo
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-efficiency-"))
+    data = workdir / "data"
+    dataset = "mmdemo"
+    if args.quick:
+        generate_mmdemo(data / "mmquick", n_users=150, n_items=160, max_len=12)
+        dataset, args.epochs = "mmquick", 2
+        args.groups, args.catalogue = args.groups[:2], [n for n in args.catalogue if n <= 320] or [160]
+    common = [f"--data_path={data}", f"--cache_dir={workdir / 'cache'}", f"--seed={args.seed}",
+              f"--foundation_model={args.foundation_model}", f"--epochs={args.epochs}", "--warmup_epochs=1",
+              "--train_batch_size=64", "--plots=False", *args.extra]
+    rows = []
+    for backend in args.backends:
+        for groups in args.groups:
+            print(f"[run] peft={backend} n_groups={groups}", flush=True)
+            record = run_cli(["--model=PerPEFT", f"--dataset={dataset}", f"--peft_type={backend}",
+                              f"--n_groups={groups}", *common], workdir=workdir / f"{backend}-{groups}")
+            global_s, personal_s = stage_seconds(record)
+            rows.append({"peft_type": backend, "n_groups": groups, "global_epoch_s": global_s,
+                         "personalised_epoch_s": personal_s,
+                         "ratio": personal_s / global_s if global_s and personal_s else None,
+                         "eval_s": record["eval_seconds"], "memory_mb": memory_mb(record),
+                         "trainable": record["params"]["trainable"],
+                         "peft_per_group": record["params_breakdown"]["peft_per_group"],
+                         "foundation": record["params_breakdown"]["foundation"]})
+    scores = tpme(rows)
+    scaling = []
+    for n_items in args.catalogue:
+        name = f"mmscale{n_items}"
+        generate_mmdemo(data / name, n_users=max(150, n_items // 2), n_items=n_items,
+                        max_len=min(20, n_items // 4), seed=args.seed)
+        print(f"[run] catalogue {n_items} items", flush=True)
+        record = run_cli(["--model=PerPEFT", f"--dataset={name}", "--n_groups=1", *common], workdir=workdir / name)
+        scaling.append({"items": n_items, "users": record["dataset_stats"]["users"],
+                        "interactions": record["dataset_stats"]["interactions"],
+                        "epoch_s": statistics.mean(record["train_epoch_seconds"]),
+                        "eval_s": record["eval_seconds"], "memory_mb": memory_mb(record)})
+    info = machine()
+    where = info.get("gpu", f"{info['device']}, {info['cpu_count']} CPUs")
+    text = f"### Efficiency per backend and n_groups ({args.foundation_model}, {where})\n\n"
+    text += markdown_table(
+        ["PEFT", "n_groups", "global epoch s", "personalised epoch s", "ratio", "test eval s", "peak memory MB",
+         "trainable", "PEFT / group", f"TPME (n_groups={min(args.groups)})"],
+        [[r["peft_type"], r["n_groups"], r["global_epoch_s"], r["personalised_epoch_s"] or "-",
+          f"{r['ratio']:.2f}" if r["ratio"] else "-", r["eval_s"], r["memory_mb"], r["trainable"],
+          r["peft_per_group"], f"{scores[r['peft_type']]:.3f}" if r["n_groups"] == min(args.groups) and scores else ""]
+         for r in rows])
+    if scaling:
+        text += f"\n### Catalogue size (global model, LoRA, batch 64, {where})\n\n"
+        text += markdown_table(["items", "users", "interactions", "epoch s", "test eval s", "peak memory MB"],
+                               [[s["items"], s["users"], s["interactions"], s["epoch_s"], s["eval_s"], s["memory_mb"]]
+                                for s in scaling])
+    write_outputs(Path(args.out), {"machine": info, "settings": vars(args), "rows": rows, "tpme": scores,
+                                   "tpme_weights": TPME_WEIGHTS, "catalogue_scaling": scaling}, text)
+
+
+if __name__ == "__main__":
+    main()
