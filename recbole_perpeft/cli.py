@@ -23,7 +23,7 @@ USAGE = """run_recbole_perpeft.py --model=MODEL --dataset=DATASET [--config_file
                               [--ray_address=ADDR] [--tune_dir=DIR] [--KEY=VALUE ...]
        run_recbole_perpeft.py --recommend=CHECKPOINT (--history="ITEM ITEM ..." | --histories=FILE)
                               [--user_id=USER] [--topk=K] [--include_seen] [--output=FILE]
-                              [--KEY=VALUE ...]
+                              [--device=cpu|cuda] [--KEY=VALUE ...]
 
 Any RecBole or plugin config key can be given as --KEY=VALUE (values are read as YAML:
 --epochs=2, --learning_rate=1e-4, --topk="[10,20]"). Plugin models are looked up first,
@@ -110,36 +110,67 @@ def build_recommend_parser() -> argparse.ArgumentParser:
     parser.add_argument("--topk", type=int, default=10, help="how many items (default 10)")
     parser.add_argument("--include_seen", action="store_true", help="also rank the history's own items")
     parser.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    old = parser.add_argument_group("only for checkpoints without a run config (older versions)")
+    old.add_argument("--model", "-m", default=None, help="model name (default: the checkpoint's)")
+    old.add_argument("--dataset", "-d", default=None, help="dataset name")
+    old.add_argument("--config_files", default=None, help="space-separated YAML config files of the run")
     return parser
 
 
 def recommend_main(argv: list[str]) -> int:
     """``--recommend``: top-K items from a saved model; a table for one history, JSON lines for a file."""
     known, rest = build_recommend_parser().parse_known_args(argv)
-    from recbole_perpeft.recommend import Recommender, format_table, read_histories, write_jsonl
+    from recbole_perpeft.errors import InvalidHistoryError
+    from recbole_perpeft.recommend import (
+        HistoryLine,
+        Recommender,
+        format_table,
+        read_history_file,
+        write_jsonl,
+    )
 
     overrides = parse_overrides(rest)
     if known.histories:
-        users, histories = read_histories(known.histories)
+        rows = read_history_file(known.histories)
     else:
-        users, histories = [known.user_id], [known.history.split()]
+        rows = [HistoryLine(0, known.user_id, known.history.split())]
     with warnings.catch_warnings():
         # Library deprecation notices (pandas, transformers, torch.amp) say nothing to this user.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        recommender = Recommender.from_checkpoint(known.recommend, **overrides)
+        recommender = Recommender.from_checkpoint(
+            known.recommend, model=known.model, dataset=known.dataset,
+            config_files=known.config_files.split() if known.config_files else None,
+            device=known.device, **overrides,
+        )
+    if known.histories:
+        for row in rows:  # name the file's line, not the history's position
+            try:
+                recommender.item_ids(row.items)
+            except InvalidHistoryError as error:
+                raise type(error)(f"{known.histories}:{row.line}: {error}") from None
+    users = [row.user_id for row in rows]
     results = recommender.recommend_batch(
-        histories, k=known.topk, exclude_seen=not known.include_seen, user_ids=users
+        [row.items for row in rows], k=known.topk, exclude_seen=not known.include_seen, user_ids=users
     )
     if known.histories or known.output:
         if known.output:
-            with open(known.output, "w", encoding="utf-8") as handle:
-                write_jsonl(zip(users, results), handle)
+            try:
+                with open(known.output, "w", encoding="utf-8") as handle:
+                    write_jsonl(zip(users, results), handle)
+            except OSError as error:
+                raise ConfigError(f"cannot write {known.output}: {error.strerror or error}") from error
             print(f"{len(results)} recommendation lists written to {known.output}")
         else:
             write_jsonl(zip(users, results), sys.stdout)
     else:
-        print(format_table(results[0]))
+        config = recommender.config
+        heading = f"{config['model']} on {config['dataset']}: top {len(results[0].items)}"
+        if bool(getattr(recommender.model, "personalised", False)):
+            how = "known user" if recommender.known_user(known.user_id) is not None else "new user, nearest group"
+            heading += f", group {results[0].group} ({how})"
+        print(format_table(results[0], heading))
     return 0
 
 

@@ -148,27 +148,73 @@ class Config(RecBoleConfig):
         final["data_path"] = str(resolve_dataset_dir(self.dataset, base_data_path))
 
 
-def _is_plain(value: Any) -> bool:
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return True
+class ConfigDumper(yaml.SafeDumper):
+    """Writes what :class:`ConfigLoader` reads back unchanged (``"1e-4"`` stays a string)."""
+
+
+ConfigDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_PATTERN, list("-+0123456789."))
+
+
+def dump_config_yaml(settings: dict[str, Any], path: str | Path) -> None:
+    """Write settings as a config file that reloads to the very same values.
+
+    (Given as ``config_dict`` instead, every string would be parsed as YAML once more: the
+    tab of ``field_separator`` would come back as ``None``.)
+    """
+    Path(path).write_text(
+        yaml.dump(settings, Dumper=ConfigDumper, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+
+
+_NOT_PLAIN = object()
+
+# Keys Config derives on every build. Given back as settings they would contradict it:
+# ``local_rank`` starts DDP, a processed ``*_neg_sample_args`` clashes with the CE loss check.
+_DERIVED_KEYS = frozenset({
+    "model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "local_rank",
+    "single_spec", "dist_backend", "valid_metric_bigger", "valid_neg_sample_args",
+    "test_neg_sample_args", "eval_neg_sample_args",
+})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain builtins (JSON-like), or ``_NOT_PLAIN``.
+
+    NumPy scalars become Python ones: ``np.float64`` passes ``isinstance(x, float)`` but a
+    weights-only load refuses it.
+    """
+    if value is None or isinstance(value, bool):
+        return None if value is None else bool(value)
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
+        items = [_plain(v) for v in value]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
     if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
-    return False
+        if not all(isinstance(k, str) for k in value):
+            return _NOT_PLAIN
+        entries = {str(k): _plain(v) for k, v in value.items()}
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in entries.values()) else entries
+    return _NOT_PLAIN
 
 
 def run_config_of(config: RecBoleConfig) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its run: model, dataset and the user's own settings.
+    """What a checkpoint needs to rebuild its run: model, dataset and the run's final settings.
 
-    Only the settings the user gave (config files and ``--KEY=VALUE``) are kept, as plain
-    builtins (so the checkpoint still loads weights-only); the defaults come back from the
-    property files on reload. ``data_path`` is stored absolute, so the checkpoint can be used
-    from any working directory.
+    Every key of the final config is kept (defaults included, so a later change of a property
+    file cannot change the rebuilt model), as plain builtins so the checkpoint still loads
+    weights-only; keys Config derives itself (device, DDP rank, processed sampling arguments)
+    are left out. ``data_path`` is stored absolute, so the checkpoint works from any working
+    directory. Reload with :func:`recbole_perpeft.recommend.Recommender.from_checkpoint`.
     """
-    settings = {**getattr(config, "file_config_dict", {}), **getattr(config, "variable_config_dict", {})}
-    settings = {key: value for key, value in settings.items() if _is_plain(value)}
+    settings: dict[str, Any] = {}
+    for key, value in config.final_config_dict.items():
+        plain = _NOT_PLAIN if key in _DERIVED_KEYS else _plain(value)
+        if plain is not _NOT_PLAIN:
+            settings[key] = plain
+    negatives = settings.get("train_neg_sample_args")
+    if isinstance(negatives, dict) and negatives.get("distribution") == "none":
+        settings["train_neg_sample_args"] = None  # what the user wrote: no sampling
     settings["data_path"] = str(Path(config["data_path"]).resolve().parent)
-    for key in ("model", "dataset"):
-        settings.pop(key, None)
     return {"model": config["model"], "dataset": config["dataset"], "settings": settings}

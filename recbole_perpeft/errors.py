@@ -19,3 +19,18 @@ class ConfigError(PerPEFTError):
 
 class TrainingDivergedError(PerPEFTError):
     """The training loss became NaN or infinite."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: missing, unreadable, not weights-only, or without a run config."""
+
+
+class InvalidHistoryError(ConfigError):
+    """A history that cannot be ranked from (empty, or not a sequence of raw item ids)."""
+
+
+class UnknownItemError(InvalidHistoryError, KeyError):
+    """A history names items the model's dataset does not know (the message names them)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
