@@ -96,8 +96,10 @@ def plot_group_sizes(record: dict[str, Any], path: Path) -> Path:
 
 def plot_group_metric(record: dict[str, Any], path: Path) -> Path:
     metric = _metric_name(record)
+    log = record.get("grouping_log") or []
+    when = f"after {log[0]['epoch']} global epochs" if log else "at grouping"
     series = {
-        "valid, global model (at grouping)": record.get("global_group_valid_results") or {},
+        f"valid, global model ({when})": record.get("global_group_valid_results") or {},
         "valid, personalised (best epoch)": record.get("best_group_valid_results") or {},
         "test, personalised": record.get("group_test_results") or {},
     }
