@@ -16,8 +16,12 @@ benchmarks/results/accuracy.{json,md}.
 
 Datasets: ``mmdemo`` uses properties/dataset/mmdemo.yaml (tiny CLIP, 12 epochs, 4 warm-up,
 4 groups, batch 64, lr 1e-3) for every model. ``ml-100k`` is text-only with the offline
-all-MiniLM-L6-v2 encoder; the settings in ``DATASET_ARGS`` below (shared by every model) keep a LoRA
-run through MiniLM to a few minutes on a 2-core CPU.
+all-MiniLM-L6-v2 encoder; the settings in ``DATASET_ARGS`` below are shared by every model. They
+are a short budget: LoRA and (IA)3 backpropagate through MiniLM for the ~1,000 titles of every
+batch, about 18 s per batch of 64 users on one CPU thread, so a 4-epoch run takes ~20 minutes.
+
+``--report`` runs nothing: it rebuilds the tables from the records already kept and lists the
+planned runs that have none yet.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ BACKENDS = ("lora", "ia3", "iisan")
 METRICS = ("ndcg@10", "ndcg@20", "ndcg@30", "hit@10", "hit@20", "hit@30")
 DATASET_ARGS = {
     "mmdemo": [],
-    "ml-100k": ["--foundation_model=all-MiniLM-L6-v2", "--epochs=8", "--warmup_epochs=3", "--n_groups=4",
+    "ml-100k": ["--foundation_model=all-MiniLM-L6-v2", "--epochs=4", "--warmup_epochs=2", "--n_groups=4",
                 "--train_batch_size=64", "--learning_rate=1e-3", "--weight_decay=0.0"],
 }
 
@@ -56,6 +60,13 @@ def planned_runs(datasets, models, backends, seeds) -> list[dict]:
                         runs.append({"dataset": dataset, "row": f"{row} ({backend})", "seed": seed,
                                      "args": ["--model=PerPEFT", f"--peft_type={backend}", *groups]})
     return runs
+
+
+def merged_flags(own: list[str], *shared: str) -> list[str]:
+    """``shared`` then ``own`` --KEY=VALUE flags, a key of ``own`` replacing the shared one
+    (a global-PEFT row's --n_groups=1 over the dataset's groups)."""
+    own_keys = {flag.split("=", 1)[0] for flag in own}
+    return [flag for flag in shared if flag.split("=", 1)[0] not in own_keys] + own
 
 
 def run_name(run: dict) -> str:
@@ -90,6 +101,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[2020, 2021, 2022])
     parser.add_argument("--extra", nargs="*", default=[], help="more --KEY=VALUE for every run")
     parser.add_argument("--quick", action="store_true", help="toy data, one seed, two epochs")
+    parser.add_argument("--report", action="store_true", help="run nothing; tables from the kept records")
     parser.add_argument("--runs", default=str(Path(__file__).parent / "results" / "accuracy_runs"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy"))
     args = parser.parse_args()
@@ -112,11 +124,14 @@ def main() -> None:
         if file.is_file():
             record = json.loads(file.read_text())
             print(f"[{index}/{len(plan)}] {run['dataset']} {run['row']} seed={run['seed']}: done before", flush=True)
+        elif args.report:
+            print(f"[{index}/{len(plan)}] {run['dataset']} {run['row']} seed={run['seed']}: not run yet", flush=True)
+            continue
         else:
             print(f"[{index}/{len(plan)}] {run['dataset']} {run['row']} seed={run['seed']}", flush=True)
-            record = run_cli([*run["args"], f"--dataset={run['dataset']}", f"--seed={run['seed']}",
-                              f"--cache_dir={workdir / 'cache'}", "--plots=False",
-                              *DATASET_ARGS.get(run["dataset"], []), *extra],
+            record = run_cli(merged_flags(run["args"], f"--dataset={run['dataset']}", f"--seed={run['seed']}",
+                                          f"--cache_dir={workdir / 'cache'}", "--plots=False",
+                                          *DATASET_ARGS.get(run["dataset"], []), *extra),
                              workdir=workdir / run_name(run))
             file.write_text(json.dumps(record, indent=1) + "\n")
         records.append({**{k: run[k] for k in ("dataset", "row", "seed")}, "record": record})

@@ -44,6 +44,10 @@ def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
         key, value = argument[2:].split("=", 1)
         if not _KEY.match(key):
             raise ConfigError(f"malformed argument '{argument}': '{key}' is not a config key")
+        if key in overrides and overrides[key] != parse_value(value):
+            raise ConfigError(
+                f"--{key} is given twice with different values ({overrides[key]!r}, {value!r})"
+            )
         overrides[key] = parse_value(value)
     return overrides
 

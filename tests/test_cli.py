@@ -96,6 +96,11 @@ def test_malformed_argument(argument, capsys):
     assert "malformed argument" in capsys.readouterr().err
 
 
+def test_key_given_twice_with_different_values(capsys):
+    assert main(["--model=SASRec", "--dataset=ml-100k", "--epochs=2", "--epochs=3"]) == 2
+    assert "--epochs is given twice" in capsys.readouterr().err
+
+
 def test_invalid_config_value_is_reported(capsys):
     assert main(["--model=SASRec", "--dataset=ml-100k", "--metrics=[NoSuchMetric]"]) == 2
     assert "invalid configuration" in capsys.readouterr().err
