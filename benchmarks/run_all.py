@@ -48,7 +48,9 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
                       "--runs", str(out / "accuracy_runs")]],
         "overhead": [[str(BENCH / "overhead.py"), *(["--foundation", "tiny-clip"] if quick else []),
                       "--out", str(out / "overhead")]],
-        "efficiency": [[str(BENCH / "efficiency.py"), *flag, "--out", str(out / "efficiency")]],
+        "efficiency": [[str(BENCH / "efficiency.py"), *flag, "--out", str(out / "efficiency")]] + ([] if quick else [
+            [str(BENCH / "efficiency.py"), "--foundation_model=clip-vit-base-patch32-random", "--items", "200",
+             "--groups", "1", "4", "--catalogue", "--epochs", "3", "--out", str(out / "efficiency_vitb32")]]),
         "encoder_backends": [[str(BENCH / "encoder_backends.py"), "--quick", "--out",
                               str(out / "encoder_backends_quick")]],
     }

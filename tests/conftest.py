@@ -22,6 +22,7 @@ SMALL_SEQ = {
     "user_inter_num_interval": "[5,60]",
     "show_progress": False,
     "state": "WARNING",
+    "plots": False,  # drawing costs a second or more per run; test_plots turns them on
 }
 
 
@@ -36,6 +37,7 @@ TINY_PERPEFT = {
     "n_groups": 3,
     "show_progress": False,
     "state": "WARNING",
+    "plots": False,
 }
 
 

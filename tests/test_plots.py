@@ -13,7 +13,7 @@ from PIL import Image
 from recbole_perpeft.data.mmdemo import generate_mmdemo
 from recbole_perpeft.quick_start import run_recbole_perpeft
 
-TINY = {**TINY_PERPEFT, "n_groups": 2}
+TINY = {**TINY_PERPEFT, "n_groups": 2, "plots": True}
 PERPEFT_PLOTS = {"training_curve.png", "user_groups.png", "group_sizes.png", "group_ndcg.png"}
 
 
@@ -59,7 +59,7 @@ def test_plots_redraw_from_the_json(perpeft_run, tmp_path):
 
 def test_sasrec_gets_the_training_curve_and_plots_can_be_off(tmp_path):
     record = run_recbole_perpeft("SASRec", "ml-100k", result_file=tmp_path / "s.json",
-                                 config_dict={**SMALL_SEQ, "epochs": 2})
+                                 config_dict={**SMALL_SEQ, "epochs": 2, "plots": True})
     assert [p.split("/")[-1] for p in record["plots"]] == ["training_curve.png"]
     record = run_recbole_perpeft("SASRec", "ml-100k", result_file=tmp_path / "off.json",
                                  config_dict={**SMALL_SEQ, "epochs": 1, "plots": False})
