@@ -15,7 +15,7 @@ epochs suffice (default 3: 1 global + 2 personalised).
 
     python benchmarks/efficiency.py
     python benchmarks/efficiency.py --foundation_model=clip-vit-base-patch32-random \
-        --items 200 --groups 1 4 --catalogue --epochs 3 --out benchmarks/results/efficiency_vitb32
+        --items 64 --groups 1 4 --catalogue --epochs 3 --out benchmarks/results/efficiency_vitb32
     python benchmarks/efficiency.py --quick                                           # toy smoke run
 On a GPU machine the same command runs on CUDA (``use_gpu`` is on by default) and records the
 device. Writes benchmarks/results/efficiency.{json,md}.

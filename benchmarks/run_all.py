@@ -49,7 +49,7 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
         "overhead": [[str(BENCH / "overhead.py"), *(["--foundation", "tiny-clip"] if quick else []),
                       "--out", str(out / "overhead")]],
         "efficiency": [[str(BENCH / "efficiency.py"), *flag, "--out", str(out / "efficiency")]] + ([] if quick else [
-            [str(BENCH / "efficiency.py"), "--foundation_model=clip-vit-base-patch32-random", "--items", "200",
+            [str(BENCH / "efficiency.py"), "--foundation_model=clip-vit-base-patch32-random", "--items", "64",
              "--groups", "1", "4", "--catalogue", "--epochs", "3", "--out", str(out / "efficiency_vitb32")]]),
         "encoder_backends": [[str(BENCH / "encoder_backends.py"), "--quick", "--out",
                               str(out / "encoder_backends_quick")]],
