@@ -20,7 +20,8 @@ properties/dataset/mmdemo.yaml (tiny CLIP, 12 epochs, 4 warm-up, 4 groups, batch
 every model. ``ml-100k`` is text-only with the offline all-MiniLM-L6-v2 encoder and a short
 budget, 4 epochs: LoRA and (IA)3 backpropagate through MiniLM for the ~1,000 titles of every batch,
 about 12 s per batch of 64 users on one CPU thread, ~3 minutes an epoch. ``ml-100k-40ep`` gives
-IISAN (whose epochs cost ~1 s on cached hidden states) a 40-epoch schedule, 10 of them global.
+IISAN (whose epochs cost ~1 s on cached hidden states) a 40-epoch schedule, 10 of them global;
+``mmdemo-60ep`` likewise 60 epochs, 20 global.
 
 ``--report`` runs nothing: it rebuilds the tables from the records already kept and lists the
 planned runs that have none yet.
@@ -53,8 +54,12 @@ SETTINGS: dict[str, dict] = {
     # 2-core CPU (backpropagation through MiniLM), so only IISAN gets a longer schedule on a CPU.
     "ml-100k-40ep": {"dataset": "ml-100k", "args": [*ML100K, "--epochs=40", "--warmup_epochs=10"],
                      "models": ["PerPEFT"], "backends": ["iisan"]},
+    # mmdemo's 12 epochs keep the README's main job to minutes; IISAN's validation NDCG@20 still
+    # rises at 60 (0.026 after 12 epochs, 0.075 after 60, global model, seed 2020).
+    "mmdemo-60ep": {"dataset": "mmdemo", "args": ["--epochs=60", "--warmup_epochs=20"],
+                    "models": ["PerPEFT"], "backends": ["iisan"]},
 }
-DEFAULT_SETTINGS = ["mmdemo", "ml-100k", "ml-100k-40ep"]
+DEFAULT_SETTINGS = ["mmdemo", "mmdemo-60ep", "ml-100k", "ml-100k-40ep"]
 
 
 # Every model sees the same window of history: the last 10 items (PerPEFT's default, the

@@ -130,8 +130,12 @@ def run_recbole_perpeft(
     config = build_config(model, dataset, config_file_list, config_dict)
     seed_everything(config["seed"], config["reproducibility"])
     # RecBole creates these with check-then-mkdir; parallel ranks / trials would race on it.
-    os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
-    os.makedirs(config["checkpoint_dir"], exist_ok=True)
+    for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"cannot create the folder '{folder}' (logs and checkpoints go there, "
+                              f"relative to {os.getcwd()}): {error}") from error
     init_logger(config)
     logger = getLogger()
     logger.info(config)

@@ -101,6 +101,13 @@ def test_key_given_twice_with_different_values(capsys):
     assert "--epochs is given twice" in capsys.readouterr().err
 
 
+def test_unusable_log_folder_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "log").write_text("a file where RecBole puts its log folder")
+    assert main(["--model=SASRec", "--dataset=ml-100k", "--state=WARNING"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the folder 'log/SASRec'" in err and "Traceback" not in err
+
+
 def test_invalid_config_value_is_reported(capsys):
     assert main(["--model=SASRec", "--dataset=ml-100k", "--metrics=[NoSuchMetric]"]) == 2
     assert "invalid configuration" in capsys.readouterr().err
