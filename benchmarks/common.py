@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600) -
     workdir.mkdir(parents=True, exist_ok=True)
     result_file = workdir / f"result-{len(list(workdir.glob('result-*.json')))}.json"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    started = time.perf_counter()
     completed = subprocess.run(
         [sys.executable, str(REPO / "run_recbole_perpeft.py"), *args, f"--result_file={result_file}",
          "--show_progress=False", "--state=WARNING"],
@@ -43,7 +45,10 @@ def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600) -
     )
     if completed.returncode != 0:
         raise RuntimeError(f"run failed ({' '.join(args)}):\n{completed.stderr[-3000:]}")
-    return json.loads(result_file.read_text())
+    record = json.loads(result_file.read_text())
+    # the whole process, set-up included (data, content and IISAN caches, grouping, evaluation)
+    record["wall_seconds"] = time.perf_counter() - started
+    return record
 
 
 def write_outputs(stem: Path, payload: dict[str, Any], table: str) -> None:
