@@ -9,6 +9,7 @@ backend the global model (``--n_groups=1``) and PerPEFT (the dataset's ``n_group
     python benchmarks/accuracy.py                                  # every setting, 3 seeds
     python benchmarks/accuracy.py --datasets mmdemo --backends lora
     python benchmarks/accuracy.py --report                         # tables from the kept runs
+    OMP_NUM_THREADS=1 python benchmarks/accuracy.py --jobs 2       # two runs at a time
     python benchmarks/accuracy.py --quick                          # toy smoke run
 
 Each run's record is kept under ``--runs`` (default benchmarks/results/accuracy_runs/) and a run
@@ -34,6 +35,7 @@ import json
 import statistics
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[2020, 2021, 2022])
     parser.add_argument("--extra", nargs="*", default=[], help="more --KEY=VALUE for every run")
     parser.add_argument("--quick", action="store_true", help="toy data, one seed, two epochs")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each its own process)")
     parser.add_argument("--report", action="store_true", help="run nothing; tables from the kept records")
     parser.add_argument("--runs", default=str(Path(__file__).parent / "results" / "accuracy_runs"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy"))
@@ -146,23 +149,30 @@ def main() -> None:
         extra.append(f"--data_path={workdir / 'data'}")
     runs_dir = Path(args.runs)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    records = []
     plan = planned_runs(args.datasets, args.models, args.backends, args.seeds)
-    for index, run in enumerate(plan, start=1):
+
+    def record_of(index: int, run: dict) -> dict | None:
         file = runs_dir / f"{run_name(run)}.json"
+        label = f"[{index}/{len(plan)}] {run['dataset']} {run['row']} seed={run['seed']}"
         if file.is_file():
-            record = json.loads(file.read_text())
-            print(f"[{index}/{len(plan)}] {run['dataset']} {run['row']} seed={run['seed']}: done before", flush=True)
-        elif args.report:
-            print(f"[{index}/{len(plan)}] {run['dataset']} {run['row']} seed={run['seed']}: not run yet", flush=True)
-            continue
-        else:
-            print(f"[{index}/{len(plan)}] {run['dataset']} {run['row']} seed={run['seed']}", flush=True)
-            record = run_cli(merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}",
-                                          f"--cache_dir={workdir / 'cache'}", "--plots=False", *extra),
-                             workdir=workdir / run_name(run))
-            file.write_text(json.dumps(record, indent=1) + "\n")
-        records.append({**{k: run[k] for k in ("dataset", "row", "seed")}, "record": record})
+            print(f"{label}: done before", flush=True)
+            return json.loads(file.read_text())
+        if args.report:
+            print(f"{label}: not run yet", flush=True)
+            return None
+        print(label, flush=True)
+        record = run_cli(merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}",
+                                      f"--cache_dir={workdir / 'cache'}", "--plots=False", *extra),
+                         workdir=workdir / run_name(run))
+        file.write_text(json.dumps(record, indent=1) + "\n")
+        return record
+
+    # each run is its own process; --jobs > 1 runs that many at once (set OMP_NUM_THREADS so
+    # that jobs x threads does not exceed the cores)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        found = list(pool.map(record_of, range(1, len(plan) + 1), plan))
+    records = [{**{k: run[k] for k in ("dataset", "row", "seed")}, "record": record}
+               for run, record in zip(plan, found) if record is not None]
     text = f"## Accuracy ({machine()['device']}, {machine()['cpu_count']} CPUs)\n\n" + table(records)
     settings = {**vars(args), "settings": {name: SETTINGS[name] for name in args.datasets},
                 "baseline_args": BASELINE_ARGS}
