@@ -48,7 +48,7 @@ METRICS = ("ndcg@10", "ndcg@20", "ndcg@30", "hit@10", "hit@20", "hit@30")
 ML100K = ["--foundation_model=all-MiniLM-L6-v2", "--n_groups=4", "--train_batch_size=64", "--learning_rate=1e-3",
           "--weight_decay=0.0"]
 # A setting is a dataset with the flags every model gets on it; ``models``/``backends`` restrict the
-# rows where the others would not fit the machine's time (the table's heading says so).
+# rows where the others would not fit the machine's time (the table then has only those rows).
 SETTINGS: dict[str, dict] = {
     "mmdemo": {"dataset": "mmdemo", "args": []},
     "ml-100k": {"dataset": "ml-100k", "args": [*ML100K, "--epochs=4", "--warmup_epochs=2"]},
