@@ -63,6 +63,24 @@ class FoundationEncoder(nn.Module, ABC):
     def encode(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
         """Return item features ``[n, feature_dim]``."""
 
+    def encode_bucketed(self, content: dict[str, torch.Tensor], bucket_size: int) -> torch.Tensor:
+        """``encode`` over length-sorted buckets of at most ``bucket_size`` rows; the same features.
+
+        Each bucket is trimmed to its own longest title (``encode`` trims), so a batch of mostly
+        short titles with a few long ones no longer pays the longest title's width for every
+        row. Gradients flow as through one ``encode`` call.
+        """
+        n = content["input_ids"].shape[0]
+        buckets = length_buckets(title_lengths(content), bucket_size)
+        if len(buckets) <= 1:
+            return self.encode(content)
+        parts = [self.encode({k: v[rows] for k, v in content.items()}) for rows in buckets]
+        order = torch.cat(buckets)
+        # Undo the sort: row order[i] of the input is row i of the concatenation.
+        back = torch.empty_like(order)
+        back[order] = torch.arange(n)
+        return torch.cat(parts).index_select(0, back.to(parts[0].device))
+
     # -- optional extensions used by the PEFT backends -------------------------------------------
 
     @property
@@ -129,3 +147,23 @@ def trim_to_longest(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tu
     used = attention_mask.bool().any(dim=0).nonzero()
     width = int(used.max()) + 1 if len(used) else 1
     return input_ids[:, :width], attention_mask[:, :width]
+
+
+def title_lengths(content: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Tokens per row (0 for rows without a title, which skip the text tower)."""
+    lengths = content["attention_mask"].sum(dim=1)
+    has_title = content.get("has_title")
+    return lengths if has_title is None else lengths * has_title.to(lengths.dtype)
+
+
+def length_buckets(lengths: torch.Tensor, bucket_size: int) -> list[torch.Tensor]:
+    """Row indices in ascending length order, cut into buckets of at most ``bucket_size`` rows.
+
+    With each bucket trimmed to its longest row, the padded tokens an encoder processes drop
+    from ``n * max(lengths)`` to about ``sum(lengths)``. The sort is stable, so equal inputs
+    give equal buckets.
+    """
+    if bucket_size <= 0:
+        raise ValueError(f"bucket_size must be positive, got {bucket_size}")
+    order = torch.argsort(lengths.cpu(), stable=True)
+    return list(torch.split(order, bucket_size))

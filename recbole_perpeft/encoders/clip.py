@@ -168,10 +168,11 @@ class CLIPFoundationEncoder(FoundationEncoder):
                     ).hidden_states
                     picked = torch.stack([hs[k][:, 0, :] for k in sel], dim=1)  # CLS token
                 else:
-                    ids = content["input_ids"][rows].to(self.device, non_blocking=True)
+                    ids, mask = trim_to_longest(content["input_ids"][rows], content["attention_mask"][rows])
+                    ids = ids.to(self.device, non_blocking=True)
                     hs = self.model.text_model(
                         input_ids=ids,
-                        attention_mask=content["attention_mask"][rows].to(self.device, non_blocking=True),
+                        attention_mask=mask.to(self.device, non_blocking=True),
                         output_hidden_states=True,
                     ).hidden_states
                     pos = eos_positions(ids, self.model.text_model.eos_token_id)

@@ -79,12 +79,6 @@ class TextFoundationEncoder(FoundationEncoder):
         n = content["input_ids"].shape[0]
         return torch.arange(n) if mask is None else torch.nonzero(mask.to("cpu").bool()).flatten()
 
-    def _run(self, content: dict[str, torch.Tensor], rows: torch.Tensor, hidden_states: bool = False) -> Any:
-        return self.model(
-            input_ids=content["input_ids"][rows].to(self.device, non_blocking=True),
-            attention_mask=content["attention_mask"][rows].to(self.device, non_blocking=True),
-            output_hidden_states=hidden_states,
-        )
 
     def encode(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
         n = content["input_ids"].shape[0]
@@ -127,8 +121,11 @@ class TextFoundationEncoder(FoundationEncoder):
         states = torch.zeros(n, len(sel), self.feature_dim, device=self.device, dtype=self.dtype)
         rows = self._title_rows(content)
         if len(rows):
-            hs = self._run(content, rows, hidden_states=True).hidden_states
-            mask = content["attention_mask"][rows].to(self.device, non_blocking=True)
+            ids, mask = trim_to_longest(content["input_ids"][rows], content["attention_mask"][rows])
+            mask = mask.to(self.device, non_blocking=True)
+            hs = self.model(
+                input_ids=ids.to(self.device, non_blocking=True), attention_mask=mask, output_hidden_states=True
+            ).hidden_states
             # The same pooling as the final feature, applied to every selected layer.
             picked = torch.stack([masked_mean(hs[k], mask) for k in sel], dim=1)
             states[rows.to(self.device)] = picked.to(states.dtype)

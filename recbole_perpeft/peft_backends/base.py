@@ -73,21 +73,36 @@ class GroupedItemEncoder(nn.Module, ABC):
             "overhead_share": total / foundation if foundation else float("nan"),
         }
 
+    def item_lengths(self) -> torch.Tensor | None:
+        """Title tokens of every item, for length-sorted catalogue encoding; ``None`` where the
+        cost of an item does not depend on its title (cached states, frozen features)."""
+        return None
+
     def encode_all(self, group: int, batch_size: int = 512) -> torch.Tensor:
         """Features of every item (row 0 = padding included) under ``group``, in no-grad batches.
 
-        Runs in eval mode (no adapter dropout) and restores the previous mode afterwards.
+        Items go in ascending title length (``item_lengths``), so each batch is trimmed to
+        titles of similar length; rows come back in item order, with the values of an unsorted
+        pass (the order never changes a result). Runs in eval mode (no adapter dropout) and
+        restores the previous mode afterwards.
         """
+        from recbole_perpeft.encoders.base import length_buckets
+
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        lengths = self.item_lengths()
+        if lengths is None:
+            chunks = list(torch.arange(self.n_items).split(batch_size))
+        else:
+            chunks = length_buckets(lengths, batch_size)
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                parts = [
-                    self.encode(torch.arange(start, min(start + batch_size, self.n_items)), group)
-                    for start in range(0, self.n_items, batch_size)
-                ]
+                parts = [self.encode(rows, group) for rows in chunks]
         finally:
             self.train(was_training)
-        return torch.cat(parts, dim=0)
+        order = torch.cat(chunks)
+        out = parts[0].new_empty((self.n_items, *parts[0].shape[1:]))
+        out[order.to(out.device)] = torch.cat(parts)
+        return out

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recbole_perpeft.encoders.base import FoundationEncoder
+from recbole_perpeft.encoders.base import FoundationEncoder, length_buckets, title_lengths
 
 CONTENT_KEYS = ("input_ids", "attention_mask", "pixel_values", "has_title", "has_image")
 
@@ -73,6 +73,14 @@ class ItemContentStore:
             raise IndexError(
                 f"item ids must lie in [0, {self.n_items}); got min {int(item_ids.min())}, max {int(item_ids.max())}"
             )
+
+    def sorted_batches(self, batch_size: int) -> list[torch.Tensor]:
+        """Every item id in batches of similar title length (ascending), for catalogue passes.
+
+        The encoders trim each batch to its longest title, so sorted batches pay about the
+        titles' own length instead of the longest title's in every batch.
+        """
+        return length_buckets(title_lengths(self.tensors), batch_size)
 
     def gather(self, rows: torch.Tensor, pin: bool = False) -> dict[str, torch.Tensor]:
         """Rows ``rows`` (CPU int64) of every array; pinned when copies to a GPU follow."""

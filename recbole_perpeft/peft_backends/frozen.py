@@ -58,11 +58,10 @@ class FrozenGroupedEncoder(GroupedItemEncoder):
             was_training = foundation.training
             foundation.eval()
             try:
-                starts = range(0, self.n_items, batch_size)
-                for start in tqdm(starts, desc="frozen features", disable=not show_progress):
-                    rows = torch.arange(start, min(start + batch_size, self.n_items))
+                # Length-sorted batches, each trimmed to its longest title (same values).
+                for rows in tqdm(store.sorted_batches(batch_size), desc="frozen features", disable=not show_progress):
                     feats = foundation.encode(store.gather(rows))
-                    out["features"][start : start + len(rows)] = feats.float().cpu().numpy()
+                    out["features"][rows.numpy()] = feats.float().cpu().numpy()
             finally:
                 foundation.train(was_training)
 

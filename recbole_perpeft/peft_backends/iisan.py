@@ -265,12 +265,13 @@ def _fill_states(
     foundation.eval()
     limit = np.finfo(np.float16).max
     try:
-        starts = range(0, store.n_items, batch_size)
-        for start in tqdm(starts, desc="IISAN: caching frozen layer states", disable=not show_progress):
-            rows = torch.arange(start, min(start + batch_size, store.n_items))
+        # Length-sorted batches: each is trimmed to its longest title (the order changes no value).
+        batches = store.sorted_batches(batch_size)
+        for rows in tqdm(batches, desc="IISAN: caching frozen layer states", disable=not show_progress):
             batch = store.gather(rows, pin=foundation.device.type == "cuda")
             states = foundation.layer_states(batch, layers)
+            index = rows.numpy()
             for m, value in states.items():
-                out[m][start : start + len(rows)] = value.float().clamp(-limit, limit).cpu().numpy().astype(np.float16)
+                out[m][index] = value.float().clamp(-limit, limit).cpu().numpy().astype(np.float16)
     finally:
         foundation.train(was_training)

@@ -17,9 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from recbole_perpeft.encoders.base import FoundationEncoder
+from recbole_perpeft.encoders.base import FoundationEncoder, title_lengths
 from recbole_perpeft.peft_backends.base import GroupedItemEncoder, group_name
 from recbole_perpeft.peft_backends.common import ItemContentStore, unique_rows
+
+#: Rows per length-sorted bucket when a step's items go through the foundation model: each
+#: bucket is trimmed to its own longest title (see ``FoundationEncoder.encode_bucketed``).
+BUCKET_SIZE = 128
 
 #: The paper's settings; user keys override them.
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -107,6 +111,7 @@ class PeftGroupedEncoder(GroupedItemEncoder):
         *,
         peft_type: str,
         seed: int | None = None,
+        bucket_size: int = BUCKET_SIZE,
     ) -> None:
         super().__init__()
         from peft import get_peft_model
@@ -117,6 +122,7 @@ class PeftGroupedEncoder(GroupedItemEncoder):
         if any(isinstance(m, BaseTunerLayer) for m in foundation.model.modules()):
             raise ValueError("this foundation encoder already carries peft adapters; build a fresh one per backend")
         self.peft_type = peft_type
+        self.bucket_size = int(bucket_size)
         self.n_groups = int(n_groups)
         self.feature_dim = foundation.feature_dim
         self.store = ItemContentStore(content, foundation)
@@ -207,8 +213,11 @@ class PeftGroupedEncoder(GroupedItemEncoder):
         rows, inverse = unique_rows(item_ids)
         device = self.foundation.device
         batch = self.store.gather(rows, pin=device.type == "cuda")
-        features = self.foundation.encode(batch)
+        features = self.foundation.encode_bucketed(batch, self.bucket_size)
         return features.index_select(0, inverse.to(features.device)).reshape(*item_ids.shape, self.feature_dim)
+
+    def item_lengths(self) -> torch.Tensor:
+        return title_lengths(self.store.tensors)
 
     def copy_group(self, source: int, target: int) -> None:
         source, target = self.check_group(source), self.check_group(target)
