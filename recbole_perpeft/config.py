@@ -21,6 +21,7 @@ from recbole.utils import ModelType
 from recbole_perpeft.compat import restore_numpy_aliases
 from recbole_perpeft.data.registry import resolve_dataset_dir
 from recbole_perpeft.errors import ConfigError
+from recbole_perpeft.precision import check_mixed_precision
 from recbole_perpeft.utils import get_model
 
 _FLOAT_PATTERN = re.compile(
@@ -157,6 +158,7 @@ class Config(RecBoleConfig):
         by_peft = final.get("weight_decay_by_peft") or {}
         if final.get("peft_type") in by_peft and "weight_decay" not in self.external_config_dict:
             final["weight_decay"] = by_peft[final["peft_type"]]
+        check_mixed_precision(final.get("mixed_precision"))  # a bad value fails before any data loads
         base_data_path = final.get("data_path")
         super()._set_default_parameters()
         # Embedded datasets (ml-100k from RecBole's wheel, mmdemo generated on first use),

@@ -196,3 +196,83 @@ def test_each_distinct_item_is_encoded_once_per_step_and_group(small_data, peft_
     if rows_in:
         assert sum(rows_in) == sum(len(ids) for _, ids in calls)
     assert torch.isfinite(loss)
+
+
+# -- mixed precision ----------------------------------------------------------------------------
+
+
+def test_bad_mixed_precision_is_one_line_and_exit_2():
+    from conftest import run_cli
+
+    result = run_cli("--model=SASRec", "--dataset=ml-100k", "--mixed_precision=fp8")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "mixed_precision must be one of auto, bf16, fp16, no, got 'fp8'" in result.stderr
+
+
+def test_auto_is_off_on_cpu_and_no_is_read_from_yaml_false():
+    from recbole_perpeft.precision import resolve_mixed_precision
+
+    assert resolve_mixed_precision("auto", "cpu") is None
+    assert resolve_mixed_precision(False, "cpu") is None  # `--mixed_precision=no` arrives as False
+    assert resolve_mixed_precision("BF16", "cpu") is torch.bfloat16
+
+
+def _trainer(data_path, **overrides):
+    from recbole.data import data_preparation
+
+    from recbole_perpeft.model import PerPEFT
+    from recbole_perpeft.quick_start import build_config, create_dataset
+    from recbole_perpeft.utils import get_trainer
+
+    config = build_config("PerPEFT", "mmsmall", config_dict={
+        **TINY_PERPEFT, "data_path": data_path, "n_groups": 1, "loss_type": "sampled_softmax",
+        "num_negatives": 16, **overrides})
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    model = PerPEFT(config, train_data._dataset)
+    return get_trainer(config["MODEL_TYPE"], config["model"])(config, model), train_data, valid_data
+
+
+def test_bf16_trains_foundation_and_backbone_in_bf16_over_fp32_weights(small_data):
+    trainer, train_data, valid_data = _trainer(small_data, mixed_precision="bf16")
+    model = trainer.model
+    seen: dict[str, set] = {"foundation": set(), "backbone": set()}
+    foundation_linear = next(m for m in model.items.encoder.foundation.model.modules() if isinstance(m, torch.nn.Linear))
+    backbone_linear = model.trm_encoder.layer[0].multi_head_attention.query
+    foundation_linear.register_forward_hook(lambda m, a, out: seen["foundation"].add(out.dtype))
+    backbone_linear.register_forward_hook(lambda m, a, out: seen["backbone"].add(out.dtype))
+    before = [p.detach().clone() for p in model.items.group_parameters(0)]
+    loss = trainer._train_epoch(train_data, 0)
+    assert seen == {"foundation": {torch.bfloat16}, "backbone": {torch.bfloat16}}
+    assert np.isfinite(loss)
+    params = list(model.items.group_parameters(0))
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+    assert any(not torch.equal(a, b) for a, b in zip(before, params))
+    seen["foundation"].clear()
+    table = model.group_table(0)  # evaluation tables: encoded in bf16, scored in float32
+    assert seen["foundation"] == {torch.bfloat16} and table.dtype == torch.float32
+
+
+def test_fp16_scales_the_loss_unscales_before_clipping_and_resumes_the_scale(small_data, monkeypatch):
+    import recbole_perpeft.trainer.safe as safe
+
+    trainer, train_data, _ = _trainer(small_data, mixed_precision="fp16", clip_grad_norm={"max_norm": 1.0})
+    assert trainer.scaler.is_enabled()
+    norms = []
+    original = safe.clip_grad_norm_
+
+    def recording_clip(parameters, **kwargs):
+        parameters = [p for p in parameters if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))))
+        return original(parameters, **kwargs)
+
+    monkeypatch.setattr(safe, "clip_grad_norm_", recording_clip)
+    trainer._train_epoch(train_data, 0)
+    scale = trainer.scaler.get_scale()
+    assert norms and max(norms) < 1e3 < scale  # clipped gradients were unscaled (the scale is ~6.5e4)
+    state = trainer.checkpoint_state(0)
+    assert state["scaler"]["scale"] == scale
+    again, _, _ = _trainer(small_data, mixed_precision="fp16")
+    again.scaler.load_state_dict(state["scaler"])
+    assert again.scaler.get_scale() == scale

@@ -20,6 +20,7 @@ from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.group_modules import GroupItemRepresentation
 from recbole_perpeft.model.group_negatives import GroupNegativeSampler
 from recbole_perpeft.model.grouping import Grouping
+from recbole_perpeft.precision import autocast, resolve_mixed_precision
 
 LOSS_TYPES = ("BCE", "CE", "sampled_softmax")
 MODEL_SELECTIONS = ("group", "stage")
@@ -58,6 +59,8 @@ class PerPEFT(SequentialRecommender):
         # The reference scales item inputs by sqrt(h) before adding positions (SASRec's paper).
         self.input_scale = math.sqrt(self.hidden_size) if config["scale_item_inputs"] else 1.0
         self.n_users = dataset.user_num
+        # Training autocast is the trainer's; evaluation tables are encoded here, in the same dtype.
+        self.amp_dtype = resolve_mixed_precision(config["mixed_precision"], config["device"])
         if self.loss_type not in LOSS_TYPES:
             raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
         if not isinstance(self.n_groups, int) or self.n_groups < 1:
@@ -300,9 +303,11 @@ class PerPEFT(SequentialRecommender):
     def group_table(self, group: int) -> torch.Tensor:
         """The catalogue as ``group`` sees it, computed once per evaluation."""
         if group not in self._tables:
-            self._tables[group] = self.items.table(
-                group, self.n_items, self.encode_batch_size, self.backbone_of(group).item_embedding
-            )
+            with autocast(self.item_embedding.weight.device, self.amp_dtype):
+                table = self.items.table(
+                    group, self.n_items, self.encode_batch_size, self.backbone_of(group).item_embedding
+                )
+            self._tables[group] = table.float()  # scores stay float32: no ties from rounding
         return self._tables[group]
 
     def sequence_output(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, group: int) -> torch.Tensor:

@@ -5,7 +5,8 @@
 * saves checkpoints holding tensors and builtins only (no pickled ``Config``), written
   atomically under a name no parallel run shares;
 * loads them with ``torch.load(..., weights_only=True)`` for the test step and for resuming;
-* records the seconds of every training epoch and evaluation for the result file.
+* records the seconds of every training epoch and evaluation for the result file;
+* trains in mixed precision (``mixed_precision``, :mod:`recbole_perpeft.precision`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from recbole.trainer import Trainer
+from torch.nn.utils import clip_grad_norm_
 
 from recbole_perpeft.compat import atomic_torch_save, safe_load, unique_checkpoint_name
 from recbole_perpeft.config import run_config_of
 from recbole_perpeft.errors import TrainingDivergedError
+from recbole_perpeft.precision import autocast, resolve_mixed_precision
 
 CHECKPOINT_FORMAT = 1
 
@@ -91,6 +95,17 @@ class SafeTrainerMixin:
         self._train_data = None
         self.last_valid_result: dict | None = None
         self.distributed_loss = None
+        # Mixed precision. Our loop (_amp_epoch) replaces RecBole's base one: RecBole's picks no
+        # dtype (fp16 on CUDA, never bf16), makes a fresh GradScaler every epoch and clips the
+        # still-scaled gradients. Trainers with their own epoch logic (RecBole's KG trainers, ...)
+        # keep it, with RecBole's autocast switched on for them.
+        self.amp_dtype = resolve_mixed_precision(config["mixed_precision"], self.device)
+        self._own_loop = _next_train_epoch(type(self)) is Trainer._train_epoch
+        self.enable_amp = self.amp_dtype is not None and not self._own_loop
+        self.enable_scaler = self.enable_amp and self.amp_dtype == torch.float16 and torch.cuda.is_available()
+        self.scaler = torch.amp.GradScaler(
+            torch.device(self.device).type, enabled=self._own_loop and self.amp_dtype == torch.float16
+        )
         if distributed:
             from recbole_perpeft.distributed import DistributedLoss, broadcast_object
 
@@ -130,11 +145,51 @@ class SafeTrainerMixin:
             rank, world = world_rank()
             train_data = RankShard(train_data, rank, world)
             loss_func = self.distributed_loss.wrap(loss_func or self.model.calculate_loss, train_data)
-            loss = average_loss(super()._train_epoch(train_data, epoch_idx, loss_func, show_progress))
+            loss = average_loss(self._epoch(train_data, epoch_idx, loss_func, show_progress))
         else:
-            loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+            loss = self._epoch(train_data, epoch_idx, loss_func, show_progress)
         self.train_epoch_seconds.append(time.perf_counter() - start)
         return loss
+
+    def _epoch(self, train_data, epoch_idx, loss_func, show_progress):
+        if self._own_loop:
+            return self._amp_epoch(train_data, epoch_idx, loss_func, show_progress)
+        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+
+    def _amp_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """RecBole's training loop, with autocast in ``amp_dtype``, fp32 master weights, and fp16
+        loss scaling whose scale persists across epochs (and resumes) and is removed before
+        gradients are clipped."""
+        from recbole.utils import set_color
+        from tqdm import tqdm
+
+        self.model.train()
+        loss_func = loss_func or self.model.calculate_loss
+        total_loss = None
+        batches = train_data
+        if show_progress:
+            batches = tqdm(train_data, total=len(train_data), ncols=100,
+                           desc=set_color(f"Train {epoch_idx:>5}", "pink"))
+        for interaction in batches:
+            interaction = interaction.to(self.device)
+            self.optimizer.zero_grad()
+            with autocast(self.device, self.amp_dtype):
+                losses = loss_func(interaction)
+            if isinstance(losses, tuple):
+                loss = sum(losses)
+                parts = tuple(part.item() for part in losses)
+                total_loss = parts if total_loss is None else tuple(map(sum, zip(total_loss, parts)))
+            else:
+                loss = losses
+                total_loss = losses.item() if total_loss is None else total_loss + losses.item()
+            self._check_nan(loss)
+            self.scaler.scale(loss).backward()
+            if self.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return total_loss
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
@@ -174,6 +229,7 @@ class SafeTrainerMixin:
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": rng_states(),
             # Plain builtins: what ``recbole_perpeft.recommend`` needs to rebuild the run.
             "run_config": run_config_of(self.config),
@@ -246,6 +302,8 @@ class SafeTrainerMixin:
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.saved_model_file = checkpoint.get("best_checkpoint", resume_file)
         if checkpoint.get("best_valid_result") is not None:
             self.best_valid_result = checkpoint["best_valid_result"]
@@ -294,6 +352,15 @@ class SafeTrainerMixin:
             keep = items != targets[rows]
             scores[rows[keep], items[keep]] = -float("inf")
         return interaction, scores, positive_u, positive_i
+
+
+def _next_train_epoch(cls: type):
+    """The ``_train_epoch`` that ``SafeTrainerMixin`` would call through ``super()``."""
+    mro = cls.__mro__
+    for klass in mro[mro.index(SafeTrainerMixin) + 1:]:
+        if "_train_epoch" in vars(klass):
+            return vars(klass)["_train_epoch"]
+    return None
 
 
 _SAFE_CLASSES: dict[type, type] = {}
