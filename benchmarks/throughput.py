@@ -152,6 +152,22 @@ def export_tree(ref: str) -> Path:
     return target
 
 
+def snapshot_tree() -> Path:
+    """This tree's files as they are now (tracked and new ones), so edits made while the
+    benchmark runs do not reach its later measurements."""
+    import shutil
+
+    target = Path(tempfile.mkdtemp(prefix="throughput-ours-"))
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    for name in listed:
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
 def run_worker(kind: str, tree: Path, **options) -> dict:
     """One measurement in a fresh process with ``tree``'s package first on the path."""
     with tempfile.TemporaryDirectory(prefix="throughput-worker-") as tmp:
@@ -289,7 +305,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.common import machine, write_outputs
 
-    trees = {"baseline": export_tree(args.baseline), "ours": REPO}
+    trees = {"baseline": export_tree(args.baseline), "ours": snapshot_tree()}
     report: dict = {"baseline": args.baseline, "machine": machine(), "settings": vars(args),
                     "load": {"start": [round(x, 2) for x in os.getloadavg()]}}
     if args.quick:

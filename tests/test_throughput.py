@@ -41,6 +41,10 @@ def test_length_buckets_sort_stably_and_cover_every_row():
     lengths = torch.tensor([5, 1, 5, 3, 1, 9, 0])
     buckets = length_buckets(lengths, 3)
     assert [b.tolist() for b in buckets] == [[6, 1, 4], [3, 0, 2], [5]]
+    # Merged while one pass costs at most 1 + slack times the padded tokens of separate ones.
+    assert [b.tolist() for b in length_buckets(torch.tensor([4, 4, 5, 5, 20, 20]), 2, slack=0.25)] == \
+        [[0, 1, 2, 3], [4, 5]]
+    assert len(length_buckets(torch.tensor([9, 9, 9, 9]), 1, slack=0.25)) == 1
     with pytest.raises(ValueError, match="positive"):
         length_buckets(lengths, 0)
 
@@ -54,6 +58,7 @@ def test_bucketed_encoding_equals_one_pass_values_and_gradients(foundation, tmp_
             p.add_(0.05 * torch.randn_like(p))  # LoRA's B starts at zero; give the adapter a say
     items = torch.tensor([1, 5, 2, 9, 4, 7, 3, 11])
     results = []
+    assert len(length_buckets(title_lengths(encoder.store.gather(items)), 3, slack=0.25)) > 1  # really split
     for bucket_size in (10_000, 3):
         encoder.bucket_size = bucket_size
         encoder.zero_grad()

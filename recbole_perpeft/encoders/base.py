@@ -15,6 +15,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+#: A step's items go through the model in one pass unless length-sorted passes save more than
+#: this share of padded tokens (see ``length_buckets``).
+BUCKET_SLACK = 0.25
+
 
 class ItemProcessor(ABC):
     """Turns raw item content into fixed-shape arrays, exactly once per dataset.
@@ -64,14 +68,15 @@ class FoundationEncoder(nn.Module, ABC):
         """Return item features ``[n, feature_dim]``."""
 
     def encode_bucketed(self, content: dict[str, torch.Tensor], bucket_size: int) -> torch.Tensor:
-        """``encode`` over length-sorted buckets of at most ``bucket_size`` rows; the same features.
+        """``encode`` over length-sorted buckets of about ``bucket_size`` rows; the same features.
 
         Each bucket is trimmed to its own longest title (``encode`` trims), so a batch of mostly
         short titles with a few long ones no longer pays the longest title's width for every
-        row. Gradients flow as through one ``encode`` call.
+        row; titles of similar length stay in one pass (``BUCKET_SLACK``). Gradients flow as
+        through one ``encode`` call.
         """
         n = content["input_ids"].shape[0]
-        buckets = length_buckets(title_lengths(content), bucket_size)
+        buckets = length_buckets(title_lengths(content), bucket_size, slack=BUCKET_SLACK)
         if len(buckets) <= 1:
             return self.encode(content)
         parts = [self.encode({k: v[rows] for k, v in content.items()}) for rows in buckets]
@@ -156,14 +161,30 @@ def title_lengths(content: dict[str, torch.Tensor]) -> torch.Tensor:
     return lengths if has_title is None else lengths * has_title.to(lengths.dtype)
 
 
-def length_buckets(lengths: torch.Tensor, bucket_size: int) -> list[torch.Tensor]:
+def length_buckets(lengths: torch.Tensor, bucket_size: int, slack: float | None = None) -> list[torch.Tensor]:
     """Row indices in ascending length order, cut into buckets of at most ``bucket_size`` rows.
 
     With each bucket trimmed to its longest row, the padded tokens an encoder processes drop
-    from ``n * max(lengths)`` to about ``sum(lengths)``. The sort is stable, so equal inputs
-    give equal buckets.
+    from ``n * max(lengths)`` to about ``sum(lengths)``. With ``slack``, neighbouring buckets are
+    merged (without a row limit) while one pass would process at most ``1 + slack`` times the
+    padded tokens of separate ones: every pass has a fixed cost, which for small models and
+    titles of similar length outweighs a little padding. The sort is stable.
     """
     if bucket_size <= 0:
         raise ValueError(f"bucket_size must be positive, got {bucket_size}")
-    order = torch.argsort(lengths.cpu(), stable=True)
-    return list(torch.split(order, bucket_size))
+    lengths = lengths.cpu()
+    order = torch.argsort(lengths, stable=True)
+    buckets = list(torch.split(order, bucket_size))
+    if slack is None or len(buckets) < 2:
+        return buckets
+    merged = [buckets[0]]
+    for bucket in buckets[1:]:
+        last = merged[-1]
+        # Ascending order: a bucket's longest row is its last one.
+        apart = len(last) * int(lengths[last[-1]]) + len(bucket) * int(lengths[bucket[-1]])
+        together = (len(last) + len(bucket)) * int(lengths[bucket[-1]])
+        if together <= (1 + slack) * apart:
+            merged[-1] = torch.cat([last, bucket])
+        else:
+            merged.append(bucket)
+    return merged
