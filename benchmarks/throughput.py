@@ -204,12 +204,13 @@ def part_catalogue(trees: dict[str, Path], repeats: int, quick: bool) -> dict:
                         for key in ("iisan_cache_s", "table_s")}}
 
 
-def part_steps(trees: dict[str, Path], repeats: int, quick: bool, ours_settings: dict) -> dict:
+def part_steps(trees: dict[str, Path], repeats: int, quick: bool, ours_settings: list[dict]) -> dict:
     variants = {
         "baseline BCE": (trees["baseline"], {"loss_type": "BCE"}),
         "ours BCE": (trees["ours"], {"loss_type": "BCE"}),
-        "ours " + ours_settings.get("loss_type", "sampled_softmax"): (trees["ours"], ours_settings),
     }
+    for settings in ours_settings:
+        variants["ours " + " ".join(f"{k}={v}" for k, v in settings.items())] = (trees["ours"], settings)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, (tree, settings) in variants.items():
@@ -282,8 +283,8 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE, help="git commit measured as 'before'")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=4, help="ml100k part: epochs per run")
-    parser.add_argument("--ours", default='{"loss_type": "sampled_softmax"}',
-                        help="steps part: settings (JSON) of this tree's second variant")
+    parser.add_argument("--ours", default='[{"loss_type": "sampled_softmax"}]',
+                        help="steps part: settings (a JSON list) of this tree's further variants")
     parser.add_argument("--recipe_args", nargs="*", default=["--loss_type=sampled_softmax"],
                         help="ml100k part: this tree's flags on top of the shared ones")
     parser.add_argument("--quick", action="store_true")
