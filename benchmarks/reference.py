@@ -35,6 +35,7 @@ import json
 import os
 import pickle
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,17 +86,18 @@ def write_reference_layout(dataset_dir: Path, workdir: Path) -> dict[str, int]:
     return {"users": len(user_index), "items": len(items), "interactions": len(lines)}
 
 
-def save_tiny_clip(target: Path, seed: int) -> None:
+def save_tiny_clip(target: Path, seed: int, image_size: int) -> None:
     """The tiny CLIP both sides load, as a Hugging Face model folder.
 
     ``tiny-clip``'s towers (seeded random weights) with 512-d projections: the reference
-    hard-codes 1,024-d item features (ViT-B/32's two 512-d embeddings).
+    hard-codes 1,024-d item features (ViT-B/32's two 512-d embeddings). ``image_size`` 32 is
+    tiny-clip's own input (8-px patches); 224 is ViT-B/32's input geometry (32-px patches).
     """
     from transformers import CLIPProcessor
 
     from recbole_perpeft.encoders.clip import build_tiny_clip
 
-    encoder = build_tiny_clip(seed, projection_dim=512)
+    encoder = build_tiny_clip(seed, projection_dim=512, image_size=image_size, patch_size=8 if image_size <= 64 else 32)
     encoder.model.save_pretrained(target)
     processor = encoder.processor
     CLIPProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer).save_pretrained(target)
@@ -147,6 +149,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=3200)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--reference_global_epochs", type=int, default=1)
+    parser.add_argument("--clip_image_size", type=int, default=32,
+                        help="the tiny CLIP's input size: 32 (tiny-clip's) or 224 (ViT-B/32's, 32-px patches)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of (ours, ours, reference); medians")
     parser.add_argument("--timeout", type=int, default=6 * 3600)
     parser.add_argument("--out", default=str(HERE.parent / "results" / "reference"))
     args = parser.parse_args()
@@ -162,40 +167,44 @@ def main() -> None:
     ref_dir = workdir / "reference"
     stats = write_reference_layout(data / NAME, ref_dir)
     clip = ref_dir / "openai" / "clip-vit-base-patch32"
-    save_tiny_clip(clip, seed=0)
+    save_tiny_clip(clip, seed=0, image_size=args.clip_image_size)
     recipes = {"paper recipe (BCE, as the reference)": ["--recipe=paper"], "default recipe": []}
     ours: dict[str, list[dict]] = {name: [] for name in recipes}
+    refs: list[dict] = []
     order = []
-    for name, recipe in recipes.items():  # before the reference
-        print(f"[ours] {name}", flush=True)
-        ours[name].append(run_ours(data, clip, workdir / f"ours-{len(order)}", args.seed, recipe))
-        order.append(f"ours, {name}")
-    print("[reference] running (its global stage, grouping, one personalised epoch, evaluation)", flush=True)
-    ref = run_reference(reference, ref_dir, args.reference_global_epochs, args.timeout)
-    order.append("reference")
-    for name, recipe in recipes.items():  # and after it: both sides see the machine's load
-        print(f"[ours] {name}", flush=True)
-        ours[name].append(run_ours(data, clip, workdir / f"ours-{len(order)}", args.seed, recipe))
-        order.append(f"ours, {name}")
+    for _ in range(args.repeats):  # rounds: every implementation sees the machine's load in turn
+        for name, recipe in recipes.items():
+            print(f"[ours] {name}", flush=True)
+            ours[name].append(run_ours(data, clip, workdir / f"ours-{len(order)}", args.seed, recipe))
+            order.append(f"ours, {name}")
+        print("[reference] running (its global stage, grouping, one personalised epoch, evaluation)", flush=True)
+        refs.append(run_reference(reference, ref_dir, args.reference_global_epochs, args.timeout))
+        order.append("reference")
+    ref_s = statistics.median(r["personalised_epoch_s"] for r in refs)
     summary = {}
     for name, runs in ours.items():
-        mean = sum(r["personalised_epoch_s"] for r in runs) / len(runs)
-        summary[name] = {"personalised_epoch_s": mean, "ratio": ref["personalised_epoch_s"] / mean}
+        median = statistics.median(r["personalised_epoch_s"] for r in runs)
+        summary[name] = {"personalised_epoch_s": median, "ratio": ref_s / median}
     info = machine()
     load = [round(x, 2) for x in os.getloadavg()]
     commit = subprocess.run(["git", "-C", str(reference), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     payload = {"machine": info, "load_average_at_end": load, "reference_commit": commit, "settings": vars(args),
-               "data": stats, "order": order, "reference": ref, "ours": ours, "summary": summary}
+               "data": stats, "order": order, "reference": refs, "reference_personalised_epoch_s": ref_s, "ours": ours,
+               "summary": summary}
     where = info.get("gpu", f"{info['device']}, {info['cpu_count']} cores")
     text = (f"### Reference vs recbole-perpeft: one personalised epoch ({where}; planted data: {stats['users']} "
-            f"users, {stats['items']} items, 256-px JPEGs; tiny CLIP, LoRA, 8 groups, batch 16; reference commit "
+            f"users, {stats['items']} items, 256-px JPEGs; tiny CLIP at {args.clip_image_size} px, LoRA, 8 groups, "
+            f"batch 16; reference commit "
             f"{commit[:10]}; load average at the end {load})\n\n")
-    rows = [["reference (kswoo97/PerPEFT)", ref["personalised_epoch_s"], "1.00x"]]
+    rows = [["reference (kswoo97/PerPEFT)", ref_s, "1.00x"]]
     rows += [[f"recbole-perpeft, {name}", s["personalised_epoch_s"], f"{s['ratio']:.1f}x"]
              for name, s in summary.items()]
     text += markdown_table(["implementation", "personalised epoch s", "speed-up over the reference"], rows)
-    text += "\nOurs ran before and after the reference (mean of the two); order: " + ", ".join(order) + ".\n"
+    text += (f"\nMedians over {args.repeats} rounds, each running ours (both recipes), then the reference; "
+             "every run: " + ", ".join(f"{r['personalised_epoch_s']:.1f}" for r in refs) + " s (reference); "
+             + "; ".join(f"{n}: " + ", ".join(f"{r['personalised_epoch_s']:.1f}" for r in rs) for n, rs in ours.items())
+             + " s.\n")
     write_outputs(Path(args.out), payload, text)
     print(json.dumps(summary))
 
