@@ -28,7 +28,8 @@ def _run(data_path, **overrides):
 def test_stage_schedule_groups_users_and_reports_per_group(small_data):
     record = _run(small_data)
     assert all(math.isfinite(v) for v in record["test_result"].values())
-    assert record["train_loss"][-1] < record["train_loss"][0]
+    # within the personalised stage (its group-pool negatives make the loss harder than the global stage's)
+    assert record["train_loss"][2] < record["train_loss"][1]
     groups = record["groups"]
     assert groups["personalised"] and 2 <= groups["formed"] <= 3
     assert sum(groups["sizes"]) == record["dataset_stats"]["users"]
