@@ -294,7 +294,7 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from recbole_perpeft.data.registry import HOME_ENV, perpeft_home
+    from recbole_perpeft.cache import HOME_ENV, cache_root, perpeft_home
     from recbole_perpeft.quick_start import build_config, close_log_handlers, create_dataset
     from recbole_perpeft.utils import get_model
 
@@ -323,7 +323,7 @@ def run_search(
     # Trials run in their own working directories: every path they read must be absolute.
     trial_fixed["data_path"] = str(Path(config["data_path"]).resolve().parent)
     if "cache_dir" in config.final_config_dict:
-        trial_fixed["cache_dir"] = str(Path(config["cache_dir"] or perpeft_home() / "cache").resolve())
+        trial_fixed["cache_dir"] = str(cache_root(config["cache_dir"]).resolve())
     home = str(perpeft_home().resolve())
     env_vars = {HOME_ENV: home}
     if not ray_address:

@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_perpeft.cache import cache_root
 from recbole_perpeft.encoders.base import FoundationEncoder
 from recbole_perpeft.encoders.processors import stable_hash
 from recbole_perpeft.peft_backends.base import GroupedItemEncoder
 from recbole_perpeft.peft_backends.common import (
     ItemContentStore,
     cached_arrays,
-    default_cache_dir,
     select_layers,
     unique_rows,
 )
@@ -177,7 +177,7 @@ class IISANGroupedEncoder(GroupedItemEncoder):
             {"v": _CACHE_VERSION, "content": content_key, "model": foundation.fingerprint(), "layers": layers}
         )
         specs = {m: ((self.n_items, n_states, widths[m]), "float16") for m in widths}
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root = Path(cache_dir) if cache_dir is not None else cache_root() / "encoders"
         arrays, self.cache_built = cached_arrays(
             root / "iisan",
             self.cache_key,
