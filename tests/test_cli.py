@@ -53,7 +53,7 @@ def test_checkpoint_is_weights_only_and_reproduces_test_metrics():
     from recbole.data import data_preparation
     from recbole.model.sequential_recommender import SASRec
 
-    from recbole_perpeft.quick_start import build_config, create_dataset
+    from recbole_perpeft.run import build_config, create_dataset
     from recbole_perpeft.utils import get_trainer
 
     config = build_config("SASRec", "ml-100k", config_dict={**SMALL_SEQ, "epochs": 1})
@@ -114,7 +114,7 @@ def test_invalid_config_value_is_reported(capsys):
 
 
 def test_checkpoint_names_never_collide():
-    from recbole_perpeft.compat import unique_checkpoint_name
+    from recbole_perpeft.checkpoint import unique_checkpoint_name
 
     names = {unique_checkpoint_name("SASRec") for _ in range(200)}
     assert len(names) == 200

@@ -63,7 +63,7 @@ def test_save_reload_evaluate_gives_identical_metrics(small_data):
     from recbole.data import data_preparation
 
     from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import build_config, create_dataset
+    from recbole_perpeft.run import build_config, create_dataset
     from recbole_perpeft.trainer import PerPEFTTrainer
 
     config = build_config("PerPEFT", "mmsmall", config_dict={**SMALL, "data_path": small_data})
@@ -80,7 +80,7 @@ def test_backend_trains_only_its_own_weights(small_data, peft_type):
     from recbole.data import data_preparation
 
     from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import build_config, create_dataset
+    from recbole_perpeft.run import build_config, create_dataset
 
     config = build_config(
         "PerPEFT", "mmsmall", config_dict={**SMALL, "data_path": small_data, "peft_type": peft_type}

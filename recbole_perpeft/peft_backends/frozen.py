@@ -87,5 +87,8 @@ class FrozenGroupedEncoder(GroupedItemEncoder):
         self.check_group(group)
         return iter(())
 
+    def export_group(self, group: int, folder: Path) -> None:
+        self.check_group(group)  # no per-group weights: the frozen model is the foundation model itself
+
     def foundation_parameter_count(self) -> int:
         return self._foundation_params

@@ -26,6 +26,7 @@ Items lacking an image (title) get zero image (text) states and a zero image (te
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,6 +245,15 @@ class IISANGroupedEncoder(GroupedItemEncoder):
 
     def group_parameters(self, group: int) -> Iterator[nn.Parameter]:
         return self.side_nets[self.check_group(group)].parameters()
+
+    def export_group(self, group: int, folder: Path) -> None:
+        """``side_network.safetensors`` (the group's side network) and ``iisan_config.json``."""
+        from safetensors.torch import save_file
+
+        state = self.side_nets[self.check_group(group)].state_dict()
+        tensors = {name: value.detach().cpu().contiguous() for name, value in state.items()}
+        save_file(tensors, str(folder / "side_network.safetensors"))
+        (folder / "iisan_config.json").write_text(json.dumps({"options": self.config, "layers": self.layers}, indent=1))
 
     def foundation_parameter_count(self) -> int:
         return self._foundation_params
