@@ -8,7 +8,6 @@ train together is :mod:`recbole_perpeft.distributed`'s (gloo on CPU, nccl on CUD
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
@@ -25,12 +24,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _worker(local_rank: int, model: str, dataset: str, config_file_list, config_dict: dict, saved: bool,
-            result_file, export_dir, queue) -> None:
+def _worker(local_rank: int, model: str, dataset: str, config_file_list, config_dict: dict, options: dict,
+            queue) -> None:
     try:
         config = build_config(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank})
-        record = run(config, saved=saved, result_file=result_file if local_rank == 0 else None,
-                     export_dir=export_dir)
+        if local_rank != 0:
+            options = {**options, "result_file": None}  # rank 0 writes the result
+        record = run(config, **options)
         if local_rank == 0:
             queue.put({"record": record})
     except PerPEFTError as error:
@@ -43,16 +43,12 @@ def _worker(local_rank: int, model: str, dataset: str, config_file_list, config_
 
 
 def run_distributed(
-    config: Config,
-    config_file_list: list[str] | None = None,
-    config_dict: dict[str, Any] | None = None,
-    *,
-    saved: bool = True,
-    result_file: str | Path | None = None,
-    export_dir: str | Path | None = None,
+    config: Config, config_file_list: list[str] | None = None, config_dict: dict[str, Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Run ``config`` (built from ``config_file_list`` and ``config_dict``) in ``config['nproc']``
-    processes; rank 0's result record.
+    processes; rank 0's result record. ``options`` go to :func:`recbole_perpeft.quick_start.run`
+    (``saved``, ``result_file``, ``export_dir``; ``resume`` is refused by the CLI).
 
     Each process rebuilds the config from the same files and settings. Without a ``port`` of
     the user's a free one is taken, so concurrent runs do not collide.
@@ -67,8 +63,8 @@ def run_distributed(
     if "port" not in given:
         settings["port"] = free_port()
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(config["model"], config["dataset"], config_file_list, settings, saved, result_file,
-                            export_dir, queue), nprocs=nproc, join=True)
+    mp.spawn(_worker, args=(config["model"], config["dataset"], config_file_list, settings, options, queue),
+             nprocs=nproc, join=True)
     answer = None if queue.empty() else queue.get()
     if answer is None:
         raise PerPEFTError("the distributed run ended without a result from rank 0")

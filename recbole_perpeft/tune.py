@@ -44,20 +44,13 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # name -> (Ray Tune function name, how the YAML value is read)
 #   "values": the value is the list of candidates
 #   "args":   a list of positional arguments or a mapping of keyword arguments
+_SAMPLED = ("uniform", "quniform", "loguniform", "qloguniform", "randint", "qrandint", "lograndint",
+            "qlograndint", "randn", "qrandn")
 DISTRIBUTIONS: dict[str, tuple[str, str]] = {
     "choice": ("choice", "values"),
     "grid": ("grid_search", "values"),
     "grid_search": ("grid_search", "values"),
-    "uniform": ("uniform", "args"),
-    "quniform": ("quniform", "args"),
-    "loguniform": ("loguniform", "args"),
-    "qloguniform": ("qloguniform", "args"),
-    "randint": ("randint", "args"),
-    "qrandint": ("qrandint", "args"),
-    "lograndint": ("lograndint", "args"),
-    "qlograndint": ("qlograndint", "args"),
-    "randn": ("randn", "args"),
-    "qrandn": ("qrandn", "args"),
+    **{name: (name, "args") for name in _SAMPLED},  # each named as Ray Tune names it
 }
 
 # Keys whose change alters the processed dataset: with one of them searched, every trial builds
