@@ -265,6 +265,18 @@ def _write_group_tables(model: nn.Module, dataset, folder: Path, formed: int) ->
     )
 
 
+def _content_weight(projector: nn.Module) -> float:
+    """The weight of a projector's output in the item representation (fixed or learned)."""
+    learned = getattr(projector, "weight", None)
+    return float(learned) if isinstance(learned, torch.Tensor) else float(getattr(projector, "content_weight", 1.0))
+
+
+def _own_backbone(model: nn.Module, group: int) -> nn.Module | None:
+    """The backbone copy that serves ``group`` under per-group model selection; None: the shared one."""
+    backbone = model.backbone_of(group) if hasattr(model, "backbone_of") else model
+    return None if backbone is model else backbone
+
+
 def _export_grouped(model: nn.Module, dataset, folder: Path) -> dict[str, Any]:
     """PerPEFT: one folder per formed group, the shared backbone, the grouping as text."""
     from safetensors.torch import save_file
@@ -273,25 +285,35 @@ def _export_grouped(model: nn.Module, dataset, folder: Path) -> dict[str, Any]:
 
     items = model.items
     formed = int(model.groups_formed)
+    groups = []
     for group in range(formed):
         group_dir = folder / group_name(group)
         group_dir.mkdir()
         items.encoder.export_group(group, group_dir)
-        save_file(_tensors(items.projectors[group].state_dict()), str(group_dir / "projector.safetensors"))
+        projector = items.projectors[group]
+        save_file(_tensors(projector.state_dict()), str(group_dir / "projector.safetensors"))
+        backbone_file = "backbone.safetensors"
+        own = _own_backbone(model, group)
+        if own is not None:
+            backbone_file = f"{group_name(group)}/backbone.safetensors"
+            save_file(_tensors(own.state_dict()), str(folder / backbone_file))
+        groups.append({"group": group, "content_weight": _content_weight(projector), "backbone": backbone_file})
+    shared = ("items.", "served.")
     grouping = {"group_of_user", "centroids"}
-    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("items.") and k not in grouping}
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(shared) and k not in grouping}
     save_file(_tensors(backbone), str(folder / "backbone.safetensors"))
     _write_group_tables(model, dataset, folder, formed)
     return {
-        "groups": formed,
         "personalised": bool(model.personalised),
-        "content_weight": float(items.content_weight),
-        "item_representation": "backbone item_embedding.weight[i] + content_weight * "
-                               "projector_g(foundation model with group_g's adapter (content of item i))",
+        "groups": groups,
+        "item_input_scale": float(getattr(model, "input_scale", 1.0)),
+        "item_representation": "item_embedding.weight[i] (from the group's backbone) + content_weight * "
+                               "projector_g(foundation model with group g's adapter (content of item i)); "
+                               "the backbone reads item_input_scale * representation + position embedding",
         "files": {
             "group_<g>/": "the group's encoder adapter (a peft adapter folder: adapter_config.json + "
-                          "adapter_model.safetensors; IISAN: side_network.safetensors; none: nothing) "
-                          "and projector.safetensors",
+                          "adapter_model.safetensors; IISAN: side_network.safetensors; none: nothing), "
+                          "projector.safetensors, and backbone.safetensors when the group has its own",
             "backbone.safetensors": "the shared SASRec backbone and item ID embeddings",
             "user_groups.tsv": "raw user id -> group",
             "centroids.tsv": "one row per group: the centroid of its users' representations",

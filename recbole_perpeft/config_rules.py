@@ -103,8 +103,12 @@ RULES: tuple[Rule, ...] = (
     Rule("content_weight", *number(), models=PERPEFT),
     Rule("cache_dir", *or_none(text()), models=PERPEFT),
     Rule("encode_batch_size", *integer(1), models=PERPEFT),
-    Rule("loss_type", *one_of("BCE", "CE"), models=PERPEFT),
-    Rule("train_unit", *one_of("user", "prefix"), models=PERPEFT),
+    Rule("recipe", *text(), models=PERPEFT),  # the name is looked up in properties/recipe/
+    Rule("learn_content_weight", *boolean(), models=PERPEFT),
+    Rule("scale_item_inputs", *boolean(), models=PERPEFT),
+    Rule("loss_type", *one_of("BCE", "CE", "sampled_softmax"), models=PERPEFT),
+    Rule("num_negatives", *integer(1), models=PERPEFT),
+    Rule("train_unit", *one_of("user", "window", "prefix"), models=PERPEFT),
     Rule("n_groups", *integer(1), models=PERPEFT),
     Rule("warmup_epochs", *integer(0), models=PERPEFT),
     Rule("group_negatives", *boolean(), models=PERPEFT),
@@ -112,6 +116,8 @@ RULES: tuple[Rule, ...] = (
     Rule("batch_mode", *one_of("group", "mixed"), models=PERPEFT),
     Rule("grouping_sequence", *one_of("train", "train_valid"), models=PERPEFT),
     Rule("min_group_size", *or_none(integer(1)), models=PERPEFT),
+    Rule("grouping_truth", *or_none(text()), models=PERPEFT),
+    Rule("model_selection", *one_of("group", "stage"), models=PERPEFT),
 )
 
 
