@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from copy import deepcopy
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,8 +13,8 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_perpeft.cache import cache_root
 from recbole_perpeft.data.dataset import MultimodalSequentialDataset
-from recbole_perpeft.data.registry import perpeft_home
 from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.group_modules import GroupItemRepresentation
 from recbole_perpeft.model.group_negatives import GroupNegativeSampler
@@ -370,12 +369,12 @@ def build_item_encoder(config, dataset, n_groups: int):
     from recbole_perpeft.encoders import build_foundation_encoder
     from recbole_perpeft.peft_backends import build_grouped_encoder
 
-    cache_root = Path(config["cache_dir"]) if config["cache_dir"] else perpeft_home() / "cache"
+    caches = cache_root(config["cache_dir"])
     foundation = build_foundation_encoder(config["foundation_model"], seed=config["seed"])
     content = build_or_load_content_cache(
         dataset.item_content,
         foundation.processor,
-        cache_root / "content",
+        caches / "content",
         show_progress=config["show_progress"],
         logger=dataset.logger,
     )
@@ -386,7 +385,7 @@ def build_item_encoder(config, dataset, n_groups: int):
         content.tensors,
         content.key,
         peft_config=config["peft_config"],
-        cache_dir=cache_root / "encoders",
+        cache_dir=caches / "encoders",
         show_progress=config["show_progress"],
         seed=config["seed"],
     ).to(config["device"])
