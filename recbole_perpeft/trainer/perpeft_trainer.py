@@ -18,7 +18,6 @@ from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
 from recbole.utils import calculate_valid_score
 
-from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.grouping import (
     Grouping,
     cluster_users,
@@ -29,9 +28,6 @@ from recbole_perpeft.model.grouping import (
 )
 from recbole_perpeft.trainer.safe import SafeTrainerMixin
 from recbole_perpeft.trainer.selection import GroupSelection, per_user_metric
-
-BATCH_MODES = ("group", "mixed")
-GROUPING_SEQUENCES = ("train", "train_valid")
 
 
 class GroupAwareEvaluator:
@@ -73,12 +69,6 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self.batch_mode = config["batch_mode"]
         self.grouping_sequence = config["grouping_sequence"]
         self.min_group_size = config["min_group_size"] or 1
-        if self.batch_mode not in BATCH_MODES:
-            raise ConfigError(f"batch_mode must be one of {BATCH_MODES}, got '{self.batch_mode}'")
-        if self.grouping_sequence not in GROUPING_SEQUENCES:
-            raise ConfigError(
-                f"grouping_sequence must be one of {GROUPING_SEQUENCES}, got '{self.grouping_sequence}'"
-            )
         if model.n_groups > 1 and self.warmup_epochs >= self.epochs:
             self.logger.warning(
                 f"warmup_epochs={self.warmup_epochs} >= epochs={self.epochs}: users are never grouped, "
