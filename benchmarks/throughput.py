@@ -90,7 +90,10 @@ def worker_steps(args: argparse.Namespace) -> dict:
     import torch
     from recbole.data import data_preparation
 
-    from recbole_perpeft.quick_start import build_config, create_dataset, seed_everything
+    try:
+        from recbole_perpeft.run import build_config, create_dataset, seed_everything
+    except ImportError:  # a baseline from before the run core moved (issue 14)
+        from recbole_perpeft.quick_start import build_config, create_dataset, seed_everything
     from recbole_perpeft.utils import get_model, get_trainer
 
     settings = {"foundation_model": "all-MiniLM-L6-v2", "n_groups": 1, "train_batch_size": 64,
