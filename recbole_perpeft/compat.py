@@ -1,24 +1,18 @@
-"""Every fix RecBole 1.2.1 needs on today's NumPy / PyTorch stack, in one place.
+"""The fix RecBole 1.2.1 needs on NumPy 2, applied before anything of RecBole runs.
 
-* NumPy 2 removed ``np.float_``, ``np.complex_`` and ``np.unicode_``; RecBole's
-  ``Config.compatibility_settings`` and its metric / dataset code still read them.
-* PyTorch >= 2.6 loads checkpoints with ``weights_only=True``. RecBole pickles its whole
-  ``Config`` into checkpoints, which such a load refuses. We save plain tensors and builtins only
-  and load with ``weights_only=True``: no pickled code from a checkpoint is ever executed.
-* RecBole names checkpoints by the second; parallel runs (Ray trials) collide. Our names carry a
-  process id and a random suffix.
+NumPy 2 removed ``np.float_``, ``np.complex_`` and ``np.unicode_``; RecBole's
+``Config.compatibility_settings`` and its metric / dataset code still read them.
+
+RecBole's other incompatibilities are handled where they arise: checkpoints that PyTorch >= 2.6
+refuses and names that parallel runs share (:mod:`recbole_perpeft.checkpoint`), the pickled
+dataset cache (:func:`recbole_perpeft.run.create_dataset`), the contradictory default sampling of
+``loss_type: CE`` models (:class:`recbole_perpeft.config.Config`), unknown model names reaching
+lightgbm / xgboost imports (:func:`recbole_perpeft.utils.get_model`).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
-import tempfile
-from pathlib import Path
-from typing import Any
-
 import numpy as np
-import torch
 
 _NUMPY_ALIASES = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_}
 
@@ -28,32 +22,3 @@ def restore_numpy_aliases() -> None:
     for name, value in _NUMPY_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, value)
-
-
-def unique_checkpoint_name(model_name: str) -> str:
-    """A checkpoint file name that two runs started in the same second never share."""
-    from recbole.utils import get_local_time
-
-    return f"{model_name}-{get_local_time()}-{os.getpid()}-{secrets.token_hex(3)}.pth"
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` to ``path`` so a crash never leaves a truncated file under that name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (tensors and builtins only)."""
-    return torch.load(path, map_location=map_location, weights_only=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import pickle
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,11 +33,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
-from recbole_perpeft.compat import safe_load
+from recbole_perpeft.checkpoint import load_checkpoint
 from recbole_perpeft.config import dump_config_yaml
 from recbole_perpeft.errors import (
     CheckpointError,
@@ -46,8 +44,7 @@ from recbole_perpeft.errors import (
     InvalidHistoryError,
     UnknownItemError,
 )
-from recbole_perpeft.quick_start import build_config, create_dataset, seed_everything
-from recbole_perpeft.utils import get_model
+from recbole_perpeft.run import build_config, build_run
 
 __all__ = [
     "CheckpointError",
@@ -101,26 +98,6 @@ def _quiet_logs(level: int = logging.ERROR) -> Iterator[None]:
         yield
     finally:
         root.setLevel(before)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's contents, weights-only; every failure is a one-line :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = safe_load(path, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"{path} is not a weights-only checkpoint (it holds objects other than tensors and builtins, "
-            f"which are never unpickled here): {first_line}"
-        ) from error
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise CheckpointError(f"{path} is not a model checkpoint of this plugin (no 'state_dict')")
-    return state
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -201,10 +178,8 @@ class Recommender:
             dump_config_yaml(settings, run_file)
             config = build_config(model_name, dataset_name, [str(run_file), *(config_files or [])], config_dict)
             config["device"] = chosen
-            seed_everything(config["seed"], config["reproducibility"])
-            data = create_dataset(config)
-            train_data, _, _ = data_preparation(config, data)
-            net = get_model(config["model"])(config, train_data._dataset).to(chosen)
+            built = build_run(config, with_trainer=False)
+        net = built.model
         try:
             net.load_state_dict(state["state_dict"])
         except RuntimeError as error:
@@ -214,7 +189,7 @@ class Recommender:
                 f"the training run?): {detail}"
             ) from error
         net.load_other_parameter(state.get("other_parameter"))
-        return cls(net, train_data._dataset, config)
+        return cls(net, built.train_data._dataset, config)
 
     # ---------------------------------------------------------------------- inputs
     def item_ids(self, history: Sequence[str]) -> list[int]:

@@ -154,7 +154,7 @@ def _personalised_model(data_path, peft_type, loss_type, extra):
     from recbole.data import data_preparation
 
     from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import build_config, create_dataset
+    from recbole_perpeft.run import build_config, create_dataset
 
     config = build_config("PerPEFT", "mmsmall", config_dict={
         **TINY_PERPEFT, "data_path": data_path, "peft_type": peft_type, "loss_type": loss_type,
@@ -212,7 +212,7 @@ def test_bad_mixed_precision_is_one_line_and_exit_2():
     result = run_cli("--model=SASRec", "--dataset=ml-100k", "--mixed_precision=fp8")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "mixed_precision must be one of auto, bf16, fp16, no, got 'fp8'" in result.stderr
+    assert "mixed_precision must be one of auto, bf16, fp16, no; got 'fp8'" in result.stderr
 
 
 def test_auto_is_off_on_cpu_and_no_is_read_from_yaml_false():
@@ -227,7 +227,7 @@ def _trainer(data_path, **overrides):
     from recbole.data import data_preparation
 
     from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import build_config, create_dataset
+    from recbole_perpeft.run import build_config, create_dataset
     from recbole_perpeft.utils import get_trainer
 
     config = build_config("PerPEFT", "mmsmall", config_dict={

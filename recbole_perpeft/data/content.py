@@ -108,18 +108,6 @@ def is_valid_image(path: Path) -> bool:
         return False
 
 
-def ensure_writable_dir(folder: Path) -> None:
-    """Create ``folder`` and prove it is writable by writing a probe file; raises ``OSError``.
-
-    Checked by writing rather than with ``os.access``, which answers True for root and ignores
-    read-only mounts.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
-    os.close(fd)
-    os.unlink(probe)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
