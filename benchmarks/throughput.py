@@ -214,12 +214,15 @@ def part_catalogue(trees: dict[str, Path], repeats: int, quick: bool) -> dict:
 
 
 def part_steps(trees: dict[str, Path], repeats: int, quick: bool, ours_settings: list[dict]) -> dict:
+    # One sample per user everywhere: the same batches, so the variants differ only in how a step
+    # encodes its items and computes its loss.
+    user = {"train_unit": "user"}
     variants = {
-        "baseline BCE": (trees["baseline"], {"loss_type": "BCE"}),
-        "ours BCE": (trees["ours"], {"loss_type": "BCE"}),
+        "baseline BCE": (trees["baseline"], {"loss_type": "BCE", **user}),
+        "ours BCE": (trees["ours"], {"loss_type": "BCE", **user}),
     }
     for settings in ours_settings:
-        variants["ours " + " ".join(f"{k}={v}" for k, v in settings.items())] = (trees["ours"], settings)
+        variants["ours " + " ".join(f"{k}={v}" for k, v in settings.items())] = (trees["ours"], {**user, **settings})
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, (tree, settings) in variants.items():
@@ -321,7 +324,8 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE, help="git commit measured as 'before'")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=4, help="ml100k part: epochs per run")
-    parser.add_argument("--ours", default='[{"loss_type": "sampled_softmax"}]',
+    parser.add_argument("--ours", default='[{"loss_type": "sampled_softmax"}, '
+                        '{"loss_type": "sampled_softmax", "mixed_precision": "bf16"}]',
                         help="steps part: settings (a JSON list) of this tree's further variants")
     parser.add_argument("--variants", default=json.dumps(ML100K_VARIANTS),
                         help="ml100k part: a JSON list of this tree's flag lists, each on top of the shared ones")
