@@ -5,6 +5,7 @@ validation NDCG@20, mean seconds per training epoch, evaluation seconds. A lower
 "within noise" when its mean differs from float32's by less than the seed-to-seed spread.
 
     python benchmarks/mixed_precision.py                      # mmdemo, LoRA, bf16 vs fp32, 3 seeds
+    python benchmarks/mixed_precision.py --seeds 2020 2021 --epochs 6 --warmup_epochs 2
     python benchmarks/mixed_precision.py --precisions no fp16 --seeds 2020 --peft_type ia3
 
 bf16 runs on CPUs too (autocast on the CPU); on a CPU with bf16 matrix units (AVX512-BF16/AMX)
@@ -39,13 +40,16 @@ def main() -> None:
     parser.add_argument("--peft_type", default="lora")
     parser.add_argument("--precisions", nargs="+", default=["no", "bf16"], choices=sorted(LABELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[2020, 2021, 2022])
-    parser.add_argument("--extra", nargs="*", default=[], help="more --KEY=VALUE for every run")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the dataset's")
+    parser.add_argument("--warmup_epochs", type=int, default=None, help="default: the dataset's")
+    parser.add_argument("--extra", nargs="*", default=[], help="more KEY=VALUE for every run (no leading dashes)")
     parser.add_argument("--quick", action="store_true", help="toy size: 2 epochs of a small generated dataset")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mixed_precision"))
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-precision-"))
     common = [f"--peft_type={args.peft_type}", f"--cache_dir={workdir / 'cache'}", "--plots=False",
-              "--use_gpu=True", *args.extra]
+              "--use_gpu=True", *(f"--{flag.lstrip('-')}" for flag in args.extra)]
+    common += [f"--{key}={value}" for key in ("epochs", "warmup_epochs") if (value := getattr(args, key)) is not None]
     dataset = args.dataset
     if args.quick:
         from recbole_perpeft.data.mmdemo import generate_mmdemo
