@@ -32,7 +32,7 @@ seconds, peak CUDA memory (peak RSS on a CPU). One command on a GPU machine:
 
 Hours on one GPU (generating 14,718 JPEGs and caching their pixels is a one-off of minutes).
 On a CPU, ``--parts paper`` runs the same configuration at a CPU-sized scale (``--paper_users``,
-``--paper_items``; default 128 users, 64 items) and says so in the JSON and the table.
+``--paper_items``; default 64 users, 48 items) and says so in the JSON and the table.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def scaled_dataset(n_items: int) -> dict[str, int]:
 
 
 PAPER_SIZE = {"users": 19026, "items": 14718}  # toys_games after the paper's filtering
-CPU_SIZE = {"users": 128, "items": 64}
+CPU_SIZE = {"users": 64, "items": 48}
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}
 
 
@@ -172,8 +172,8 @@ def main() -> None:
                         help="default: paper with --device cuda, else backends and catalogue")
     parser.add_argument("--paper_backends", nargs="+", default=["lora", "ia3", "iisan"])
     parser.add_argument("--paper_users", type=int, default=None, help="paper part: users (default: the paper's "
-                        "19,026 on CUDA, 128 on a CPU)")
-    parser.add_argument("--paper_items", type=int, default=None, help="paper part: items (14,718 / 64)")
+                        "19,026 on CUDA, 64 on a CPU)")
+    parser.add_argument("--paper_items", type=int, default=None, help="paper part: items (14,718 / 48)")
     parser.add_argument("--out", default=None,
                         help="default: results/efficiency (parts 1-2), results/efficiency_paper (part 3)")
     args = parser.parse_args()
