@@ -6,8 +6,10 @@
 
 Runs, in order: the PerPEFT main job on mmdemo (its plots go to results/plots/), the ablation
 (n_groups 1 vs 4 over 3 seeds; n_groups 2 and 8; group negatives off; ia3 and iisan), the
-accuracy table, the parameter overhead on ViT-B/32, the efficiency table and the encoder-backend
-table; then writes results/SUMMARY.md, all tables in one file. Each step is a script of its own
+accuracy table, the parameter overhead on ViT-B/32, the efficiency table, the encoder-backend
+table, throughput before vs after, mixed precision vs fp32, the paper's configuration at a
+CPU-sized scale, and (with ``--reference PATH``) the reference implementation vs ours; then writes
+results/SUMMARY.md, all tables in one file. Each step is a script of its own
 (see benchmarks/README.md) and can be run alone.
 """
 
@@ -53,6 +55,13 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
              "--groups", "1", "4", "--catalogue", "--epochs", "3", "--out", str(out / "efficiency_vitb32")]]),
         "encoder_backends": [[str(BENCH / "encoder_backends.py"), "--quick", "--out",
                               str(out / "encoder_backends_quick")]],
+        # issue 16: throughput before vs after, mixed precision, the paper's configuration at a
+        # CPU-sized scale (the full scale: efficiency.py --device cuda on a GPU machine)
+        "throughput": [[str(BENCH / "throughput.py"), *flag, *(["--parts", "catalogue", "steps"] if quick else []),
+                        "--out", str(out / "throughput")]],
+        "mixed_precision": [[str(BENCH / "mixed_precision.py"), *flag, "--out", str(out / "mixed_precision")]],
+        "efficiency_paper": [] if quick else [[str(BENCH / "efficiency.py"), "--parts", "paper",
+                                               "--out", str(out / "efficiency_paper")]],
     }
 
 
@@ -82,9 +91,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", default=None,
-                        help="main_job ablation accuracy overhead efficiency encoder_backends")
+                        help="main_job ablation accuracy overhead efficiency encoder_backends throughput "
+                             "mixed_precision efficiency_paper reference")
+    parser.add_argument("--reference", default=None,
+                        help="a checkout of github.com/kswoo97/PerPEFT: also run benchmarks/reference.py")
     args = parser.parse_args()
     plan = steps(args.quick)
+    if args.reference:
+        out = RESULTS / "quick" if args.quick else RESULTS
+        script = [str(BENCH / "reference.py"), "--reference", args.reference]
+        plan["reference"] = [[*script, "--out", str(out / "reference")],
+                             [*script, "--clip_image_size", "224", "--out", str(out / "reference_224")]]
     wanted = args.only or ["main_job", *plan]
     if "main_job" in wanted:
         print("[run_all] main job (plots)", flush=True)
