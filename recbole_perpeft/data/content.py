@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from recbole_perpeft.data.images import is_valid_image
+
 # One path segment of an image file name: the same alphabet the converters write.
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 # Counters of the report, in the order they are logged.
@@ -94,18 +96,6 @@ def _field_index(header: list[str], name: str) -> int | None:
         if column.split(":", 1)[0] == name:
             return i
     return None
-
-
-def is_valid_image(path: Path) -> bool:
-    """Cheap validity check of an image file: the header parses and ``verify()`` passes."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except Exception:  # noqa: BLE001 - PIL raises many unrelated types for a bad file
-        return False
 
 
 def ensure_writable_dir(folder: Path) -> None:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from recbole_perpeft.data.content import write_inter_file, write_item_file
 from recbole_perpeft.data.download import download_images, safe_image_name
+from recbole_perpeft.data.images import DEFAULT_MAX_IMAGE_PIXELS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ASIN = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -173,7 +174,7 @@ def convert_amazon2023(
     timeout: float = 10.0,
     retries: int = 3,
     max_image_bytes: int = 10_000_000,
-    max_image_pixels: int = 40_000_000,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     backoff: float = 0.5,
     show_progress: bool = True,
 ) -> ConversionReport:
@@ -534,7 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries", type=int, default=3, help="retries of a transient failure"
     )
     a.add_argument("--max-image-bytes", type=_positive_int, default=10_000_000)
-    a.add_argument("--max-image-pixels", type=_positive_int, default=40_000_000)
+    a.add_argument(
+        "--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="refuse images with more pixels, read from the header before decoding",
+    )
     a.add_argument(
         "--backoff",
         type=float,

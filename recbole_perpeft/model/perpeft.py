@@ -289,6 +289,7 @@ def build_item_encoder(config, dataset, n_groups: int):
         cache_root / "content",
         show_progress=config["show_progress"],
         logger=dataset.logger,
+        max_image_pixels=config["max_image_pixels"],
     )
     return build_grouped_encoder(
         foundation,
