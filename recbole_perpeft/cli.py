@@ -179,6 +179,15 @@ def recommend_main(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        # Libraries' deprecation notices (pandas inside RecBole, torch.amp, transformers) say
+        # nothing to this user and would bury the one line an error ends with.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg == "--recommend" or arg.startswith("--recommend=") for arg in argv):
         try:

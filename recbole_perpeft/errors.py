@@ -17,6 +17,10 @@ class ConfigError(PerPEFTError):
     pass
 
 
+class DataFileError(PerPEFTError, ValueError):
+    """A dataset file that cannot be read (the message names the file and, where known, the line)."""
+
+
 class TrainingDivergedError(PerPEFTError):
     """The training loss became NaN or infinite."""
 

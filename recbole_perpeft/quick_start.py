@@ -18,6 +18,7 @@ from recbole.data import data_preparation
 from recbole.utils import ModelType, init_logger, init_seed
 
 from recbole_perpeft.config import Config
+from recbole_perpeft.data.atomic_files import build_dataset
 from recbole_perpeft.data.sequential import PluginSequentialDataset
 from recbole_perpeft.distributed import unsharded_loaders
 from recbole_perpeft.errors import ConfigError, PerPEFTError
@@ -80,7 +81,7 @@ def create_dataset(config: Config):
             dataset_class = PluginSequentialDataset
         else:
             dataset_class = getattr(recbole_datasets, _DEFAULT_DATASET_CLASS[config["MODEL_TYPE"]])
-    return dataset_class(config)
+    return build_dataset(dataset_class, config)
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -137,6 +138,7 @@ def run_recbole_perpeft(
             raise ConfigError(f"cannot create the folder '{folder}' (logs and checkpoints go there, "
                               f"relative to {os.getcwd()}): {error}") from error
     init_logger(config)
+    send_console_logs_to_stdout()
     logger = getLogger()
     logger.info(config)
 
@@ -246,6 +248,14 @@ def write_result(record: dict[str, Any], result_file: str | Path) -> None:
     path = Path(result_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+
+
+def send_console_logs_to_stdout() -> None:
+    """Point RecBole's console log handler at stdout: the run's progress is output, and stderr
+    then carries only what went wrong (the CLI's one error line)."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+            handler.setStream(sys.stdout)
 
 
 def close_log_handlers() -> None:
