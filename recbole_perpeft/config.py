@@ -146,6 +146,21 @@ class Config(RecBoleConfig):
         # Embedded datasets (ml-100k from RecBole's wheel, mmdemo generated on first use),
         # converted ones under data_path, and a clear error for anything else.
         final["data_path"] = str(resolve_dataset_dir(self.dataset, base_data_path))
+        if str(final.get("foundation_model")).lower() == "auto":
+            final["foundation_model"] = default_foundation_model(Path(final["data_path"]), self.dataset, final)
+
+
+def default_foundation_model(dataset_dir: Path, dataset: str, final: dict[str, Any]) -> str:
+    """The model ``foundation_model: auto`` stands for: CLIP where items have images, else a text model.
+
+    Resolved here, once, so the run's config (and every checkpoint's copy of it) names the model.
+    """
+    from recbole_perpeft.data.content import item_file_has_column
+    from recbole_perpeft.encoders.factory import choose_foundation_model
+
+    image_field = final.get("IMAGE_FIELD")
+    has_images = bool(image_field) and item_file_has_column(dataset_dir / f"{dataset}.item", image_field)
+    return choose_foundation_model(has_images)
 
 
 class ConfigDumper(yaml.SafeDumper):

@@ -91,6 +91,16 @@ def resolve_inside(root: Path, rel: str) -> Path | None:
     return target
 
 
+def item_file_has_column(item_path: Path, name: str) -> bool:
+    """True when ``item_path`` exists and its header has a ``name`` column (``name:type``)."""
+    try:
+        with open(item_path, encoding="utf-8", errors="replace") as handle:
+            header = handle.readline().lstrip("\ufeff").rstrip("\r\n")
+    except OSError:
+        return False
+    return _field_index(_split(header), name) is not None
+
+
 def _field_index(header: list[str], name: str) -> int | None:
     """Column of ``name`` in a RecBole header (``name:type``); ``None`` when absent."""
     for i, column in enumerate(header):
