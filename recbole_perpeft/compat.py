@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from recbole_perpeft.atomic_write import atomic_open
 
 _NUMPY_ALIASES = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_}
 
@@ -38,20 +39,14 @@ def unique_checkpoint_name(model_name: str) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` to ``path`` so a crash never leaves a truncated file under that name."""
+    """Write ``obj`` to ``path`` so a crash never leaves a truncated file under that name.
+
+    The file gets the usual permissions (0644 under umask 022; see recbole_perpeft.atomic_write).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_open(path, "wb", fsync=True) as handle:
+        torch.save(obj, handle)
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

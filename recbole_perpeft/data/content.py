@@ -7,7 +7,6 @@ and we need the original text for the foundation model's own tokenizer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from recbole_perpeft.atomic_write import atomic_write_text
 from recbole_perpeft.data.images import is_valid_image
 from recbole_perpeft.errors import DataFileError
 
@@ -119,20 +119,6 @@ def ensure_writable_dir(folder: Path) -> None:
     fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
     os.close(fd)
     os.unlink(probe)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _read_lines(path: Path) -> tuple[list[str], list[int]]:

@@ -10,9 +10,7 @@ and valid (resume). Every failure is counted and listed in ``download_failures.t
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +25,7 @@ from urllib.parse import urlparse
 from PIL import Image
 from tqdm import tqdm
 
-from recbole_perpeft.data.content import atomic_write_text
+from recbole_perpeft.atomic_write import atomic_open, atomic_write_text
 from recbole_perpeft.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageRefusedError,
@@ -151,17 +149,8 @@ def _to_rgb(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _write_jpeg(img: Image.Image, target: Path, quality: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="JPEG", quality=quality)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(target, "wb") as handle:
+        img.save(handle, format="JPEG", quality=quality)
 
 
 def _one(
