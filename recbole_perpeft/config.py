@@ -19,6 +19,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_perpeft.compat import restore_numpy_aliases
+from recbole_perpeft.config_keys import warn_unknown_keys
 from recbole_perpeft.data.registry import resolve_dataset_dir
 from recbole_perpeft.utils import get_model
 
@@ -72,6 +73,7 @@ class Config(RecBoleConfig):
     ) -> None:
         restore_numpy_aliases()
         super().__init__(model, dataset, config_file_list, config_dict)
+        warn_unknown_keys(self.external_config_dict)  # RecBole ignores them silently
 
     def _build_yaml_loader(self):
         return ConfigLoader

@@ -55,6 +55,11 @@ class PerPEFT(SequentialRecommender):
             raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
         if not isinstance(self.n_groups, int) or self.n_groups < 1:
             raise ConfigError(f"n_groups must be a positive integer, got {self.n_groups!r}")
+        if self.n_groups > self.n_users - 1:  # each group holds its own modules: refuse before building them
+            raise ConfigError(
+                f"n_groups={self.n_groups} is more than the {self.n_users - 1} users of dataset "
+                f"'{config['dataset']}'; choose n_groups between 1 (global PEFT) and {self.n_users - 1}"
+            )
         if self.train_unit not in ("user", "prefix"):
             raise ConfigError(f"train_unit must be 'user' or 'prefix', got '{self.train_unit}'")
 
