@@ -251,8 +251,23 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
                 best_epoch, best_score = str(epoch), score
         return self.group_valid_history.get(best_epoch, {}) if best_epoch is not None else {}
 
+    def tested_model(self) -> str:
+        """Which model the weights now loaded are: ``personalised``, or ``global`` (before grouping).
+
+        The best checkpoint can come from a warm-up epoch while users were grouped later; the
+        record then says so instead of a bare ``personalised: False`` beside a grouping log.
+        """
+        if bool(self.model.personalised):
+            return "personalised"
+        if self.grouping_log:
+            self.logger.warning("the best validation score came before users were grouped: the test result "
+                                "is the global model's (tested_model: global, best checkpoint before grouping)")
+            return "global, best checkpoint before grouping"
+        return "global"
+
     def report(self) -> dict:
         return {
+            "tested_model": self.tested_model(),
             "group_test_results": {str(g): r for g, r in self.evaluator.group_results.items()},
             "grouping_log": self.grouping_log,
             "user_projection": self.user_projection,
