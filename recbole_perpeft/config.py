@@ -21,6 +21,7 @@ from recbole.utils import ModelType
 from recbole_perpeft.compat import restore_numpy_aliases
 from recbole_perpeft.config_keys import warn_unknown_keys
 from recbole_perpeft.data.registry import resolve_dataset_dir
+from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.utils import get_model
 
 _FLOAT_PATTERN = re.compile(
@@ -59,6 +60,18 @@ def properties_dir() -> Path:
     raise FileNotFoundError(
         f"recbole_perpeft's properties folder is missing (looked in {checkout} and {installed})"
     )
+
+
+def recipe_file(name: str) -> Path:
+    """``properties/recipe/<name>.yaml``: a named training recipe (e.g. ``paper``, the reference's
+    exact training). Its values override the model's and the dataset's defaults; config files
+    and ``--key=value`` still override it."""
+    folder = properties_dir() / "recipe"
+    path = folder / f"{name}.yaml"
+    if not isinstance(name, str) or not path.is_file():
+        known = ["default", *sorted(p.stem for p in folder.glob("*.yaml"))]
+        raise ConfigError(f"unknown recipe '{name}'; known recipes: {', '.join(known)}")
+    return path
 
 
 class Config(RecBoleConfig):
@@ -116,6 +129,9 @@ class Config(RecBoleConfig):
                     self.parameters["Dataset"] += [
                         key for key in loaded if key not in self.parameters["Dataset"]
                     ]
+        recipe = self.external_config_dict.get("recipe", self.internal_config_dict.get("recipe"))
+        if recipe not in (None, "default"):
+            self._update_internal_config_dict(recipe_file(recipe))
 
     def _init_device(self):
         # RecBole's distributed branch hard-codes the ``nccl`` backend and a CUDA device, so

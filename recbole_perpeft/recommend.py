@@ -264,11 +264,7 @@ class Recommender:
         new = [row for row, user in enumerate(users) if user is None]
         if new:
             rows = torch.tensor(new, device=self.device)
-            distances = torch.stack([
-                (model._last_hidden(seq[rows], lengths[rows], model.group_table(g)) - model.centroids[g]).norm(dim=-1)
-                for g in range(int(model.groups_formed))
-            ], dim=1)
-            groups[rows] = distances.argmin(dim=1)  # ties: the lower (larger) group
+            groups[rows] = model.route_new_users(seq[rows], lengths[rows])
         for row, user in enumerate(users):
             if user is not None:
                 groups[row] = model.group_of_user[user]
@@ -277,14 +273,9 @@ class Recommender:
     @torch.no_grad()
     def _scores(self, seq: torch.Tensor, lengths: torch.Tensor, users: list[int | None]):
         model = self.model
-        if hasattr(model, "group_table"):  # PerPEFT: each row under its group's item table
+        if hasattr(model, "route_new_users"):  # PerPEFT: each row under its group's model
             groups = self.route(seq, lengths, users)
-            scores = torch.empty(len(seq), model.n_items, device=self.device)
-            for group in torch.unique(groups).tolist():
-                rows = (groups == group).nonzero().squeeze(1)
-                table = model.group_table(group)
-                scores[rows] = model._last_hidden(seq[rows], lengths[rows], table) @ table.T
-            return scores, groups
+            return model.score(seq, lengths, groups), groups
         interaction = Interaction({
             model.ITEM_SEQ: seq,
             model.ITEM_SEQ_LEN: lengths,

@@ -132,7 +132,7 @@ def _meta(url: str) -> list[dict]:
         {"parent_asin": "A", "title": "Red\tthing\nwith newline", "images": [
             {"variant": "PT01", "large": f"{url}/a_other.jpg"},
             {"variant": "MAIN", "large": f"{url}/a_main.jpg", "hi_res": f"{url}/a_other.jpg"}]},
-        {"parent_asin": "B", "title": "Blue png", "images": [{"variant": "MAIN", "large": None, "hi_res": f"{url}/b_hires.png", "thumb": f"{url}/x.jpg"}]},
+        {"parent_asin": "B", "title": "Blue png 16&quot; Black &amp; Decker", "images": [{"variant": "MAIN", "large": None, "hi_res": f"{url}/b_hires.png", "thumb": f"{url}/x.jpg"}]},
         {"parent_asin": "F", "title": "Not found", "images": [{"variant": "MAIN", "large": f"{url}/missing.jpg"}]},
         {"parent_asin": "G", "title": "Too big", "images": [{"variant": "MAIN", "large": f"{url}/big.jpg"}]},
         {"parent_asin": "H", "title": "Too big, no length", "images": [{"variant": "MAIN", "large": f"{url}/big_nolength.jpg"}]},
@@ -258,7 +258,7 @@ def test_amazon2023_end_to_end(
     items = {line.split("\t")[0]: line.split("\t")[1:] for line in item_lines[1:]}
     assert set(items) == set(CORE_ITEMS)
     assert items["A"] == ["Red thing with newline", "A.jpg"]
-    assert items["B"] == ["Blue png", "B.jpg"]
+    assert items["B"] == ["Blue png 16\" Black & Decker", "B.jpg"]  # HTML entities unescaped
     assert items["M"] == [
         "Flaky server",
         "M.jpg",

@@ -134,7 +134,7 @@ def test_new_user_is_routed_to_the_group_nearest_in_its_own_view(trained):
             seq[0, : len(ids)] = torch.tensor(ids)
             length = torch.tensor([len(ids)])
             distances = [
-                float((model._last_hidden(seq, length, model.group_table(g)) - model.centroids[g]).norm())
+                float((model.sequence_output(seq, length, g) - model.centroids[g]).norm())
                 for g in range(formed)
             ]
             assert group == min(range(formed), key=distances.__getitem__)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import html
 import json
 import numbers
 import os
@@ -261,7 +262,8 @@ def convert_amazon2023(
             dup_meta += 1
             continue  # first wins
         title = obj.get("title")
-        titles[asin] = title if isinstance(title, str) else ""
+        # Amazon's metadata keeps HTML entities ("16&quot;H", "Black &amp; Decker").
+        titles[asin] = html.unescape(title) if isinstance(title, str) else ""
         urls[asin] = choose_image_url(obj.get("images"))
     c["meta_lines_malformed_json"] = len(bad_meta_lines)
     c["meta_duplicate_items"] = dup_meta

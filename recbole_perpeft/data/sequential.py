@@ -7,7 +7,9 @@ On top of RecBole's ``SequentialDataset`` it
   models), and
 * offers the paper's *training unit*: one sample per user (the last ``MAX_ITEM_LIST_LENGTH``
   training items, loss at every position) instead of RecBole's prefix augmentation (one
-  sample per interaction, loss at the last position).
+  sample per interaction, loss at the last position); or ``window``: a user's training
+  sequence cut into consecutive windows of ``MAX_ITEM_LIST_LENGTH`` targets, so every
+  training interaction is a target once per epoch, not only the last window's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from recbole.data.dataset import SequentialDataset
 
 from recbole_perpeft.errors import ConfigError
 
-TRAIN_UNITS = ("prefix", "user")
+TRAIN_UNITS = ("prefix", "user", "window")
 
 
 @dataclass
@@ -74,6 +76,24 @@ def last_row_per_user(dataset: SequentialDataset) -> SequentialDataset:
     return dataset.copy(dataset.inter_feat[is_last.nonzero().squeeze(1)])
 
 
+def window_rows(dataset: SequentialDataset, window: int) -> SequentialDataset:
+    """Keep every ``window``-th training row of each user, counted back from the last.
+
+    Row ``t`` of a user (prefix augmentation: inputs are the ``window`` items before target
+    ``t``) carries, with a loss at every position, the targets ``t - window + 1 .. t``; the kept
+    rows therefore cover each training target exactly once.
+    """
+    users = dataset.inter_feat[dataset.uid_field]
+    is_last = torch.ones(len(users), dtype=torch.bool)
+    is_last[:-1] = users[1:] != users[:-1]
+    last_rows = is_last.nonzero().squeeze(1)
+    first = torch.ones(len(users), dtype=torch.long)
+    first[1:] = (users[1:] != users[:-1]).long()
+    run = torch.cumsum(first, 0) - 1  # which user's run each row belongs to
+    rows_from_end = last_rows[run] - torch.arange(len(users))
+    return dataset.copy(dataset.inter_feat[(rows_from_end % window == 0).nonzero().squeeze(1)])
+
+
 class PluginSequentialDataset(SequentialDataset):
     """``SequentialDataset`` with evaluation histories and a selectable training unit."""
 
@@ -94,9 +114,12 @@ class PluginSequentialDataset(SequentialDataset):
         train_unit = self.config["train_unit"] or "prefix"
         if train_unit not in TRAIN_UNITS:
             raise ConfigError(f"train_unit must be one of {TRAIN_UNITS}, got '{train_unit}'")
-        if train_unit == "user":
+        if train_unit in ("user", "window"):
             history = train.history
-            train = last_row_per_user(train)
+            if train_unit == "user":
+                train = last_row_per_user(train)
+            else:
+                train = window_rows(train, self.config["MAX_ITEM_LIST_LENGTH"])
             train.history = history
         return [train, valid, test]
 

@@ -4,7 +4,9 @@ The PEFT side (one named adapter or IISAN side network per group) lives in
 :mod:`recbole_perpeft.peft_backends`; this module adds the per-group projectors and the item
 representation built from both:
 
-    e_i^g = E_id[i] + content_weight * projector_g(encoder_g(content_i))
+    e_i^g = E_id[i] + w_g * projector_g(encoder_g(content_i))
+
+(``w_g = content_weight``, fixed or learned per group.)
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ from recbole_perpeft.peft_backends.base import GroupedItemEncoder
 
 
 class Projector(nn.Module):
-    """Linear(F -> 2h) -> LayerNorm -> ReLU -> Linear(2h -> h) -> LayerNorm (the paper's)."""
+    """Linear(F -> 2h) -> LayerNorm -> ReLU -> Linear(2h -> h) -> LayerNorm (the paper's), times a weight.
 
-    def __init__(self, feature_dim: int, hidden_size: int) -> None:
+    The weight is ``content_weight`` (the paper: a fixed 0.5), or a learned scalar starting there
+    (``learn_content_weight``). The final LayerNorm gives the content term a norm near
+    ``sqrt(h)``, far above the N(0, 0.02) ID embeddings', so a small learned weight lets
+    training find the balance instead of saturating the logits from the first step.
+    """
+
+    def __init__(self, feature_dim: int, hidden_size: int, content_weight: float = 1.0,
+                 learn_content_weight: bool = False) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Linear(feature_dim, 2 * hidden_size),
@@ -29,9 +38,12 @@ class Projector(nn.Module):
             nn.Linear(2 * hidden_size, hidden_size),
             nn.LayerNorm(hidden_size),
         )
+        self.content_weight = float(content_weight)
+        self.weight = nn.Parameter(torch.tensor(float(content_weight))) if learn_content_weight else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features)
+        weight = self.content_weight if self.weight is None else self.weight
+        return weight * self.layers(features)
 
 
 class GroupItemRepresentation(nn.Module):
@@ -43,13 +55,14 @@ class GroupItemRepresentation(nn.Module):
         id_embedding: nn.Embedding,
         hidden_size: int,
         content_weight: float,
+        learn_content_weight: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.id_embedding = id_embedding
-        self.content_weight = content_weight
         self.projectors = nn.ModuleList(
-            Projector(encoder.feature_dim, hidden_size) for _ in range(encoder.n_groups)
+            Projector(encoder.feature_dim, hidden_size, content_weight, learn_content_weight)
+            for _ in range(encoder.n_groups)
         )
         for group in range(1, encoder.n_groups):
             self.projectors[group].load_state_dict(self.projectors[0].state_dict())
@@ -62,7 +75,7 @@ class GroupItemRepresentation(nn.Module):
         """``[len(item_ids), h]`` representations of distinct items under ``group``."""
         content = self.encoder.encode(item_ids, group)
         projected = self.projectors[group](content.to(self.id_embedding.weight.dtype))
-        return self.id_embedding(item_ids) + self.content_weight * projected
+        return self.id_embedding(item_ids) + projected
 
     def of_rows(self, item_ids: torch.Tensor, row_groups: torch.Tensor) -> torch.Tensor:
         """Representations of ``item_ids`` (``[B, ...]``), row ``b`` under ``row_groups[b]``.
@@ -81,16 +94,21 @@ class GroupItemRepresentation(nn.Module):
         return out
 
     @torch.no_grad()
-    def table(self, group: int, n_items: int, batch_size: int) -> torch.Tensor:
-        """``[n_items, h]``: the whole catalogue under ``group``, in large no-grad batches."""
+    def table(self, group: int, n_items: int, batch_size: int,
+              id_embedding: nn.Embedding | None = None) -> torch.Tensor:
+        """``[n_items, h]``: the whole catalogue under ``group``, in large no-grad batches.
+
+        ``id_embedding`` replaces the shared ID embeddings (a group served by its own kept copy).
+        """
+        id_embedding = self.id_embedding if id_embedding is None else id_embedding
         features = self.encoder.encode_all(group, batch_size=batch_size)
-        device = self.id_embedding.weight.device
+        device = id_embedding.weight.device
         ids = torch.arange(n_items, device=device)
         rows = []
         for start in range(0, n_items, batch_size):
-            chunk = features[start : start + batch_size].to(device, self.id_embedding.weight.dtype)
+            chunk = features[start : start + batch_size].to(device, id_embedding.weight.dtype)
             rows.append(self.projectors[group](chunk))
-        return self.id_embedding(ids) + self.content_weight * torch.cat(rows)
+        return id_embedding(ids) + torch.cat(rows)
 
     def copy_group(self, source: int, target: int) -> None:
         """Start group ``target`` from group ``source``'s PEFT module and projector."""

@@ -16,7 +16,11 @@ _MAX_REDRAWS = 20
 
 
 class GroupNegativeSampler:
-    """Draws one negative per position, from a group's item pool or from all items."""
+    """Draws negatives from a group's item pool or from all items.
+
+    Per position (``sample``: the paper's BCE with one negative) or shared by a batch
+    (``shared``: the sampled-softmax loss).
+    """
 
     def __init__(self, history: UserItems, n_items: int) -> None:
         self.n_items = n_items
@@ -51,6 +55,18 @@ class GroupNegativeSampler:
         sizes = self.pool_sizes[groups].view(-1, *([1] * (len(shape) - 1)))
         index = (uniform * sizes).long()
         return self.pools[groups.view(-1, *([1] * (len(shape) - 1))).expand(shape), index]
+
+    def shared(self, count: int, group: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """``count`` negatives shared by a whole batch: from ``group``'s pool, else all items.
+
+        Shared negatives are not filtered against any one user's history (the batch shares
+        them); the sampled-softmax loss also uses every other item the step encodes.
+        """
+        if group is not None and self.pools is None:
+            raise RuntimeError("set_groups() must be called before sampling group negatives")
+        groups = None if group is None else torch.full((count,), int(group), dtype=torch.long)
+        return self._draw(groups, (count,), generator)
 
     def is_history(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = users.view(-1, *([1] * (items.dim() - 1))) * self.n_items + items

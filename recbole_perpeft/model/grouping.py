@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +160,33 @@ def project_2d(
         "centroids": centres.round(5).tolist(),
         "explained_variance": (variance[:2] / max(variance.sum(), 1e-12)).round(4).tolist(),
     }
+
+
+def grouping_quality(groups: torch.Tensor, truth: list[str]) -> dict[str, float]:
+    """Agreement of a grouping with known user segments (e.g. mmdemo's ``groups.tsv``).
+
+    ``purity``: the share of users whose group's most common segment is their own;
+    ``nmi``: normalised mutual information (1 = the segments exactly, 0 = independent).
+    """
+    groups_np = groups.cpu().numpy()
+    labels = np.unique(np.asarray(truth), return_inverse=True)[1]
+    counts = np.zeros((int(groups_np.max()) + 1, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (groups_np, labels), 1)
+    return {
+        "purity": round(float(counts.max(axis=1).sum() / max(len(labels), 1)), 4),
+        "nmi": round(float(normalized_mutual_info_score(labels, groups_np)), 4),
+        "users": len(labels),
+    }
+
+
+def read_segments(path) -> dict[str, str]:
+    """Raw user id -> known segment, from a tab-separated file with a header line
+    (first column the user id, second the segment)."""
+    segments = {}
+    with open(path, encoding="utf-8") as lines:
+        next(lines, None)
+        for line in lines:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) >= 2 and fields[0]:
+                segments[fields[0]] = fields[1]
+    return segments

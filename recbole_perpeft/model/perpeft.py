@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ from recbole_perpeft.data.registry import perpeft_home
 from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.group_modules import GroupItemRepresentation
 from recbole_perpeft.model.group_negatives import GroupNegativeSampler
-from recbole_perpeft.model.grouping import Grouping, nearest_group
+from recbole_perpeft.model.grouping import Grouping
 
-LOSS_TYPES = ("BCE", "CE")
+LOSS_TYPES = ("BCE", "CE", "sampled_softmax")
+MODEL_SELECTIONS = ("group", "stage")
+# The parts of the model every group shares while training (the rest is per group).
+BACKBONE_PARTS = ("item_embedding", "position_embedding", "layer_norm", "trm_encoder")
 
 
 class PerPEFT(SequentialRecommender):
@@ -50,6 +54,9 @@ class PerPEFT(SequentialRecommender):
         self.reg_weight = config["reg_weight"]
         self.group_negatives = config["group_negatives"]
         self.encode_batch_size = config["encode_batch_size"]
+        self.num_negatives = config["num_negatives"]
+        # The reference scales item inputs by sqrt(h) before adding positions (SASRec's paper).
+        self.input_scale = math.sqrt(self.hidden_size) if config["scale_item_inputs"] else 1.0
         self.n_users = dataset.user_num
         if self.loss_type not in LOSS_TYPES:
             raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
@@ -60,8 +67,8 @@ class PerPEFT(SequentialRecommender):
                 f"n_groups={self.n_groups} is more than the {self.n_users - 1} users of dataset "
                 f"'{config['dataset']}'; choose n_groups between 1 (global PEFT) and {self.n_users - 1}"
             )
-        if self.train_unit not in ("user", "prefix"):
-            raise ConfigError(f"train_unit must be 'user' or 'prefix', got '{self.train_unit}'")
+        if self.train_unit not in ("user", "window", "prefix"):
+            raise ConfigError(f"train_unit must be 'user', 'window' or 'prefix', got '{self.train_unit}'")
 
         # The shared SASRec backbone.
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -86,6 +93,7 @@ class PerPEFT(SequentialRecommender):
             self.item_embedding,
             self.hidden_size,
             config["content_weight"],
+            bool(config["learn_content_weight"]),
         )
 
         # Grouping state (model state: saved and loaded with the weights).
@@ -97,6 +105,16 @@ class PerPEFT(SequentialRecommender):
         self.negatives = GroupNegativeSampler(dataset.history, self.n_items)
         self._tables: dict[int, torch.Tensor] = {}
 
+        # Per-group model selection serves each group with the backbone of the epoch kept for
+        # it (recbole_perpeft.trainer.selection): one frozen copy per group, filled after training.
+        self.model_selection = config["model_selection"]
+        if self.model_selection not in MODEL_SELECTIONS:
+            raise ConfigError(f"model_selection must be one of {MODEL_SELECTIONS}, got '{self.model_selection}'")
+        self.served: nn.ModuleList | None = None
+        if self.model_selection == "group" and self.n_groups > 1:
+            self.served = nn.ModuleList(self._backbone_copy() for _ in range(self.n_groups))
+        self.register_buffer("serving_per_group", torch.tensor(False))
+
     def _init_backbone(self, initializer_range: float) -> None:
         for module in (self.item_embedding, self.position_embedding):
             module.weight.data.normal_(mean=0.0, std=initializer_range)
@@ -105,6 +123,40 @@ class PerPEFT(SequentialRecommender):
             if isinstance(module, nn.Linear):
                 module.weight.data.normal_(mean=0.0, std=initializer_range)
                 module.bias.data.zero_()
+
+    def _backbone_copy(self) -> nn.Module:
+        copy = nn.Module()
+        for part in BACKBONE_PARTS:
+            setattr(copy, part, deepcopy(getattr(self, part)))
+        return copy.requires_grad_(False)
+
+    def backbone_of(self, group: int) -> nn.Module:
+        """What serves ``group``: the shared backbone, or the group's own copy once per-group
+        model selection has assembled the final model (``serve_group``)."""
+        if self.served is not None and bool(self.serving_per_group):
+            return self.served[group]
+        return self
+
+    def backbone_state(self) -> dict[str, torch.Tensor]:
+        """A detached copy of the shared parts (ID and position embeddings, transformer)."""
+        return {
+            f"{part}.{name}": value.detach().clone()
+            for part in BACKBONE_PARTS
+            for name, value in getattr(self, part).state_dict().items()
+        }
+
+    def serve_group(self, group: int, backbone: dict[str, torch.Tensor],
+                    modules: list[torch.Tensor]) -> None:
+        """Serve ``group`` with a kept state: ``backbone`` (``backbone_state()``) and the group's
+        PEFT module and projector parameters (``items.group_parameters`` order)."""
+        if self.served is None:
+            raise RuntimeError("per-group serving needs model_selection: group and n_groups > 1")
+        self.served[group].load_state_dict(backbone)
+        with torch.no_grad():
+            for parameter, value in zip(self.items.group_parameters(group), modules, strict=True):
+                parameter.copy_(value)
+        self.serving_per_group.fill_(True)
+        self._tables.clear()
 
     # ------------------------------------------------------------------ groups
     def set_grouping(self, grouping: Grouping) -> None:
@@ -140,20 +192,29 @@ class PerPEFT(SequentialRecommender):
     def group_of(self, users: torch.Tensor) -> torch.Tensor:
         return self.group_of_user[users]
 
-    def group_for_new_user(self, representation: torch.Tensor) -> torch.Tensor:
-        """Nearest-centroid group for users unseen at grouping time."""
+    @torch.no_grad()
+    def route_new_users(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """Groups for users unseen at grouping time: each group encodes the history with its own
+        modules (and backbone), and the group whose centroid is nearest to its own view wins
+        (ties: the lower, larger group). Group 0 before personalisation."""
         if not bool(self.personalised):
-            return torch.zeros(len(representation), dtype=torch.long, device=representation.device)
-        return nearest_group(representation, self.centroids[: int(self.groups_formed)])
+            return torch.zeros(len(item_seq), dtype=torch.long, device=item_seq.device)
+        distances = torch.stack([
+            (self.sequence_output(item_seq, item_seq_len, group) - self.centroids[group]).norm(dim=-1)
+            for group in range(int(self.groups_formed))
+        ], dim=1)
+        return distances.argmin(dim=1)
 
     # --------------------------------------------------------------- backbone
-    def encode_sequence(self, item_seq: torch.Tensor, item_reps: torch.Tensor) -> torch.Tensor:
+    def encode_sequence(self, item_seq: torch.Tensor, item_reps: torch.Tensor,
+                        backbone: nn.Module | None = None) -> torch.Tensor:
         """SASRec over already-represented items: ``[B, L, h]`` hidden states."""
+        backbone = self if backbone is None else backbone
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
-        hidden = item_reps * math.sqrt(self.hidden_size) + self.position_embedding(positions)
-        hidden = self.dropout(self.layer_norm(hidden))
+        hidden = item_reps * self.input_scale + backbone.position_embedding(positions)
+        hidden = self.dropout(backbone.layer_norm(hidden))
         mask = self.get_attention_mask(item_seq)
-        return self.trm_encoder(hidden, mask, output_all_encoded_layers=True)[-1]
+        return backbone.trm_encoder(hidden, mask, output_all_encoded_layers=True)[-1]
 
     def user_representation(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor,
                             groups: torch.Tensor) -> torch.Tensor:
@@ -164,12 +225,12 @@ class PerPEFT(SequentialRecommender):
 
     # ------------------------------------------------------------------- loss
     def _positions(self, interaction):
-        """Inputs and next-item targets at every position (``train_unit: user``) or at the last."""
+        """Inputs and next-item targets at every position (``train_unit: user|window``) or at the last."""
         item_seq = interaction[self.ITEM_SEQ]
         length = interaction[self.ITEM_SEQ_LEN]
         target = interaction[self.POS_ITEM_ID]
         rows = torch.arange(len(item_seq), device=item_seq.device)
-        if self.train_unit == "user":
+        if self.train_unit != "prefix":
             full = torch.cat([item_seq, item_seq.new_zeros(len(item_seq), 1)], dim=1)
             full[rows, length] = target
             return full[:, :-1], full[:, 1:]
@@ -198,9 +259,35 @@ class PerPEFT(SequentialRecommender):
             ) + F.binary_cross_entropy_with_logits(
                 negative_logits, torch.zeros_like(negative_logits)
             )
+        elif self.loss_type == "sampled_softmax":
+            loss = self._sampled_softmax_loss(inputs, targets, mask, groups, use_pools)
         else:
             loss = self._ce_loss(inputs, targets, mask, groups)
         return loss + self.reg_weight * self.item_embedding.weight.norm()
+
+    def _sampled_softmax_loss(self, inputs, targets, mask, groups, use_pools: bool):
+        """Softmax over every item the step encodes: the batch's items plus shared negatives.
+
+        Per group in the batch, the candidates are the distinct items of its rows (inputs and
+        targets: in-batch negatives) and ``num_negatives`` items drawn once for the whole
+        group, from the group's own item pool in the personalised stage (PerPEFT's group
+        negatives carried into the softmax). Each distinct item is encoded once per step.
+        """
+        loss = inputs.new_zeros((), dtype=torch.float)
+        for group in torch.unique(groups).tolist():
+            rows = (groups == group).nonzero().squeeze(1)
+            row_inputs, row_targets, row_mask = inputs[rows], targets[rows], mask[rows]
+            negatives = self.negatives.shared(self.num_negatives, group if use_pools else None)
+            candidates = torch.cat([row_inputs.flatten(), row_targets[row_mask], negatives.to(inputs.device)])
+            distinct, inverse = torch.unique(candidates, return_inverse=True)
+            reps = self.items.of_items(distinct, group)
+            n_inputs = row_inputs.numel()
+            hidden = self.encode_sequence(row_inputs, reps[inverse[:n_inputs]].view(*row_inputs.shape, -1))
+            logits = hidden[row_mask] @ reps.T
+            logits[:, distinct == 0] = -torch.inf  # padding is never a candidate
+            labels = inverse[n_inputs : n_inputs + int(row_mask.sum())]
+            loss = loss + F.cross_entropy(logits, labels, reduction="sum")
+        return loss / mask.sum().clamp(min=1)
 
     def _ce_loss(self, inputs, targets, mask, groups):
         # Softmax over the whole catalogue: every item is encoded each step (costly).
@@ -216,39 +303,41 @@ class PerPEFT(SequentialRecommender):
 
     # ------------------------------------------------------------- prediction
     def group_table(self, group: int) -> torch.Tensor:
-        """The catalogue under ``group``, computed once per evaluation."""
+        """The catalogue as ``group`` sees it, computed once per evaluation."""
         if group not in self._tables:
-            self._tables[group] = self.items.table(group, self.n_items, self.encode_batch_size)
+            self._tables[group] = self.items.table(
+                group, self.n_items, self.encode_batch_size, self.backbone_of(group).item_embedding
+            )
         return self._tables[group]
 
-    def _last_hidden(self, item_seq, item_seq_len, table):
-        hidden = self.encode_sequence(item_seq, table[item_seq])
+    def sequence_output(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, group: int) -> torch.Tensor:
+        """``[B, h]``: the last hidden state of sequences read by ``group``'s model."""
+        table = self.group_table(group)
+        hidden = self.encode_sequence(item_seq, table[item_seq], self.backbone_of(group))
         return self.gather_indexes(hidden, item_seq_len - 1)
 
-    def predict(self, interaction):
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        items = interaction[self.ITEM_ID]
-        groups = self.group_of(interaction[self.USER_ID])
-        scores = torch.empty(len(item_seq), device=item_seq.device)
+    def score(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, groups: torch.Tensor,
+              items: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of each row under its group's model: ``[B, n_items]``, or ``[B]`` for one
+        candidate item per row (``items``). The one scoring entry of predict,
+        full_sort_predict, the trainer's evaluation and recommend."""
+        shape = (len(item_seq),) if items is not None else (len(item_seq), self.n_items)
+        scores = torch.empty(shape, device=item_seq.device)
         for group in torch.unique(groups).tolist():
             rows = (groups == group).nonzero().squeeze(1)
             table = self.group_table(group)
-            hidden = self._last_hidden(item_seq[rows], item_seq_len[rows], table)
-            scores[rows] = (hidden * table[items[rows]]).sum(-1)
+            hidden = self.sequence_output(item_seq[rows], item_seq_len[rows], group)
+            scores[rows] = (hidden * table[items[rows]]).sum(-1) if items is not None else hidden @ table.T
         return scores
 
-    def full_sort_predict(self, interaction):
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+    def predict(self, interaction):
         groups = self.group_of(interaction[self.USER_ID])
-        scores = torch.empty(len(item_seq), self.n_items, device=item_seq.device)
-        for group in torch.unique(groups).tolist():
-            rows = (groups == group).nonzero().squeeze(1)
-            table = self.group_table(group)
-            hidden = self._last_hidden(item_seq[rows], item_seq_len[rows], table)
-            scores[rows] = hidden @ table.T
-        return scores
+        return self.score(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], groups,
+                          interaction[self.ITEM_ID])
+
+    def full_sort_predict(self, interaction):
+        groups = self.group_of(interaction[self.USER_ID])
+        return self.score(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], groups)
 
     # ----------------------------------------------------------------- report
     def report(self) -> dict[str, Any]:
@@ -260,7 +349,7 @@ class PerPEFT(SequentialRecommender):
         formed = int(self.groups_formed)
         # The ID embedding is shared with ``items`` and counted once, under the backbone.
         backbone = sum(
-            p.numel() for name, p in self.named_parameters() if not name.startswith("items.")
+            p.numel() for name, p in self.named_parameters() if not name.startswith(("items.", "served."))
         )
         return {
             "groups": {

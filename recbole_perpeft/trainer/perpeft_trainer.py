@@ -10,30 +10,47 @@ group's item table and reports per-group metrics.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from recbole.data.interaction import Interaction
 from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
+from recbole.utils import calculate_valid_score
 
 from recbole_perpeft.errors import ConfigError
-from recbole_perpeft.model.grouping import Grouping, cluster_users, match_groups, project_2d
+from recbole_perpeft.model.grouping import (
+    Grouping,
+    cluster_users,
+    grouping_quality,
+    match_groups,
+    project_2d,
+    read_segments,
+)
 from recbole_perpeft.trainer.safe import SafeTrainerMixin
+from recbole_perpeft.trainer.selection import GroupSelection, per_user_metric
 
 BATCH_MODES = ("group", "mixed")
 GROUPING_SEQUENCES = ("train", "train_valid")
 
 
 class GroupAwareEvaluator:
-    """RecBole's evaluator, plus the same metrics for each group of users."""
+    """RecBole's evaluator, plus the same metrics for each group of users and, when asked
+    (``row_metric``), every user's own value of one metric."""
 
-    def __init__(self, evaluator) -> None:
+    def __init__(self, evaluator, row_metric: str | None = None) -> None:
         self.evaluator = evaluator
+        self.row_metric = row_metric
         self.row_groups: torch.Tensor | None = None
         self.group_results: dict[int, dict[str, float]] = {}
+        self.row_scores: torch.Tensor | None = None
 
     def evaluate(self, struct: DataStruct):
         result = self.evaluator.evaluate(struct)
         self.group_results = {}
+        self.row_scores = None
+        if self.row_metric is not None and "rec.topk" in struct:
+            self.row_scores = per_user_metric(self.evaluator, struct, self.row_metric)
         if self.row_groups is not None and "rec.topk" in struct:
             n_rows = len(struct.get("rec.topk"))
             for group in torch.unique(self.row_groups).tolist():
@@ -67,7 +84,15 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
                 f"warmup_epochs={self.warmup_epochs} >= epochs={self.epochs}: users are never grouped, "
                 "this run trains the global model only"
             )
-        self.evaluator = GroupAwareEvaluator(self.evaluator)
+        self.model_selection = config["model_selection"]
+        self.selection: GroupSelection | None = None
+        if self.model_selection == "group" and model.n_groups > 1:
+            self.selection = GroupSelection(bigger_is_better=self.valid_metric_bigger,
+                                            keep_all_warmup=self.regroup_every > 0)
+        self.evaluator = GroupAwareEvaluator(self.evaluator, self.valid_metric if self.selection else None)
+        # The best validated epoch of each stage: {"epoch", "score", "result"}.
+        self.stage_best: dict[str, dict] = {}
+        self.kept_epochs: dict[int, int] = {}
         self.grouping_log: list[dict] = []
         self._grouping_data = None
         self._valid_data = None
@@ -79,12 +104,6 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self.group_valid_history: dict[str, dict[str, dict[str, float]]] = {}
 
     # ---------------------------------------------------------------- schedule
-    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        self._grouping_data = valid_data if self.grouping_sequence == "train" else None
-        self._valid_data = valid_data
-        self._train_rows = train_data
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-
     def set_grouping_data(self, eval_data) -> None:
         """The split whose input sequences represent users: valid (train items) or test (+ valid item)."""
         self._grouping_data = eval_data
@@ -140,16 +159,27 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         return grouping
 
     def personalise(self, epoch_idx: int) -> None:
-        """Stage 2 and the start of stage 3: group users, copy the global modules to every group."""
+        """Stage 2 and the start of stage 3: group users, copy the global modules to every group.
+
+        Model selection starts afresh: the tested checkpoint is a personalised epoch (the best
+        global epoch is kept in ``stage_best`` for the record).
+        """
         grouping = self._cluster()
         for group in range(1, grouping.n_groups):
             self.model.items.copy_group(0, group)
         self.model.set_grouping(grouping)
-        self.grouping_log.append({"epoch": epoch_idx, "event": "grouped", "sizes": grouping.sizes(),
-                                  "merged": grouping.merged})
+        self.best_valid_score = -float("inf") if self.valid_metric_bigger else float("inf")
+        self.best_valid_result = None
+        self.cur_step = 0
+        if self.selection is not None:
+            self.selection.on_grouping(self.model)
+        entry = {"epoch": epoch_idx, "event": "grouped", "sizes": grouping.sizes(), "merged": grouping.merged}
+        entry.update(self._quality(grouping))
+        self.grouping_log.append(entry)
         self.logger.info(
             f"epoch {epoch_idx}: users grouped into {grouping.n_groups} groups, sizes {grouping.sizes()}"
             + (f" ({grouping.merged} small groups merged)" if grouping.merged else "")
+            + (f"; against the known segments: purity {entry['purity']}, NMI {entry['nmi']}" if "nmi" in entry else "")
         )
         if self._valid_data:
             self.evaluate(self._valid_data, load_best_model=False)
@@ -166,13 +196,33 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         for new_group, old_group in enumerate(source.tolist()):
             self._load_group_state(new_group, snapshot[old_group])
         model.set_grouping(grouping)
+        if self.selection is not None:
+            self.selection.on_grouping(model)
         moved = int((source[grouping.group_of_user] != old_groups[grouping.users]).sum())
         self.grouping_log.append({"epoch": epoch_idx, "event": "regrouped", "sizes": grouping.sizes(),
-                                  "moved": moved})
+                                  "moved": moved, **self._quality(grouping)})
         self.logger.info(
             f"epoch {epoch_idx}: regrouped into {grouping.n_groups} groups, sizes {grouping.sizes()}, "
             f"{moved} users moved to another group"
         )
+
+    def _quality(self, grouping: Grouping) -> dict[str, float]:
+        """Purity and NMI against the dataset's known user segments (``grouping_truth``), if any."""
+        truth_file = self.config["grouping_truth"]
+        if not truth_file:
+            return {}
+        path = Path(self.config["data_path"]) / truth_file
+        if not path.is_file():
+            self.logger.warning(f"grouping_truth: {path} not found; grouping quality not measured")
+            return {}
+        segments = read_segments(path)
+        raw_ids = self._train_rows._dataset.field2id_token[self._train_rows._dataset.uid_field]
+        known = [(g, segments[raw_ids[u]]) for u, g in zip(grouping.users.tolist(), grouping.group_of_user.tolist())
+                 if raw_ids[u] in segments]
+        if not known:
+            return {}
+        groups, truth = zip(*known)
+        return grouping_quality(torch.tensor(groups), list(truth))
 
     def _group_state(self, group: int) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.model.items.group_parameters(group)]
@@ -222,23 +272,67 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
     def _valid_epoch(self, valid_data, show_progress=False):
-        result = super()._valid_epoch(valid_data, show_progress=show_progress)
-        if bool(self.model.personalised):
-            self.group_valid_history[str(self._current_epoch)] = {
-                str(g): r for g, r in self.evaluator.group_results.items()
-            }
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        epoch = self._current_epoch
+        personalised = bool(self.model.personalised)
+        if personalised:
+            self.group_valid_history[str(epoch)] = {str(g): r for g, r in self.evaluator.group_results.items()}
+        stage = "personalised" if personalised else "global"
+        best = self.stage_best.get(stage)
+        if best is None or (score > best["score"] if self.valid_metric_bigger else score < best["score"]):
+            self.stage_best[stage] = {"epoch": int(epoch), "score": float(score),
+                                      "result": {k: float(v) for k, v in result.items()}}
+        if self.selection is not None:
+            users = valid_data._dataset.inter_feat[valid_data._dataset.uid_field]
+            self.selection.observe(epoch, users, self.evaluator.row_scores, self.model)
+        return score, result
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._grouping_data = valid_data if self.grouping_sequence == "train" else None
+        self._valid_data = valid_data
+        self._train_rows = train_data
+        finished_before = self.start_epoch >= self.epochs
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        if self.selection is not None and bool(self.model.personalised) and valid_data and not finished_before:
+            result = self._serve_groups_from_kept_states(valid_data, saved, show_progress)
         return result
 
+    def _serve_groups_from_kept_states(self, valid_data, saved: bool, show_progress: bool):
+        """Per-group selection: assemble the served model, validate it, make it the best checkpoint."""
+        self.kept_epochs = self.selection.assemble(self.model)
+        self.logger.info(
+            "per-group model selection, epoch kept for each group: "
+            + ", ".join(f"group {g}: {e}" for g, e in sorted(self.kept_epochs.items()))
+        )
+        result = self.evaluate(valid_data, load_best_model=False, show_progress=show_progress)
+        score = calculate_valid_score(result, self.valid_metric)
+        self.best_valid_score, self.best_valid_result = score, result
+        self.stage_best["served"] = {"epoch": None, "score": float(score),
+                                     "result": {k: float(v) for k, v in result.items()}}
+        self.logger.info(f"served model (each group at its own best epoch): valid score {score:.6f}")
+        if saved:
+            self._save_checkpoint(self.epochs - 1)
+            self.save_resume_state(self.epochs - 1)
+        return score, result
+
     def extra_state(self) -> dict:
-        return {"grouping_log": self.grouping_log, "user_projection": self.user_projection,
-                "global_group_valid_results": self.global_group_valid_results,
-                "group_valid_history": self.group_valid_history}
+        state = {"grouping_log": self.grouping_log, "user_projection": self.user_projection,
+                 "global_group_valid_results": self.global_group_valid_results,
+                 "group_valid_history": self.group_valid_history, "stage_best": self.stage_best,
+                 "kept_epochs": {str(g): e for g, e in self.kept_epochs.items()}}
+        if self.selection is not None:
+            state["selection"] = self.selection.state()
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         self.grouping_log = list(state.get("grouping_log", []))
         self.user_projection = state.get("user_projection")
         self.global_group_valid_results = dict(state.get("global_group_valid_results", {}))
         self.group_valid_history = dict(state.get("group_valid_history", {}))
+        self.stage_best = dict(state.get("stage_best", {}))
+        self.kept_epochs = {int(g): int(e) for g, e in state.get("kept_epochs", {}).items()}
+        if self.selection is not None and "selection" in state:
+            self.selection.load_state(state["selection"])
 
     def best_group_valid_results(self) -> dict[str, dict[str, float]]:
         """Per-group validation metrics at the best validated epoch after grouping (first of ties)."""
@@ -251,29 +345,27 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
                 best_epoch, best_score = str(epoch), score
         return self.group_valid_history.get(best_epoch, {}) if best_epoch is not None else {}
 
-    def tested_model(self) -> str:
-        """Which model the weights now loaded are: ``personalised``, or ``global`` (before grouping).
-
-        The best checkpoint can come from a warm-up epoch while users were grouped later; the
-        record then says so instead of a bare ``personalised: False`` beside a grouping log.
-        """
-        if bool(self.model.personalised):
-            return "personalised"
-        if self.grouping_log:
-            self.logger.warning("the best validation score came before users were grouped: the test result "
-                                "is the global model's (tested_model: global, best checkpoint before grouping)")
-            return "global, best checkpoint before grouping"
-        return "global"
-
     def report(self) -> dict:
         return {
-            "tested_model": self.tested_model(),
             "group_test_results": {str(g): r for g, r in self.evaluator.group_results.items()},
             "grouping_log": self.grouping_log,
             "user_projection": self.user_projection,
             "global_group_valid_results": self.global_group_valid_results,
             "best_group_valid_results": self.best_group_valid_results(),
+            "model_selection": self.selection_report(),
         }
+
+    def selection_report(self) -> dict:
+        """Which model was tested, and each stage's best validation (did personalisation help?)."""
+        report = {
+            "mode": self.model_selection if self.model.n_groups > 1 else "best epoch",
+            "best_global": self.stage_best.get("global"),
+            "best_personalised": self.stage_best.get("personalised"),
+        }
+        if self.selection is not None:
+            report["served"] = self.stage_best.get("served")
+            report["groups"] = self.selection.report(self.kept_epochs, self.warmup_epochs)
+        return report
 
 
 class _RowBatches:
