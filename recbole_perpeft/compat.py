@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from recbole_perpeft.atomic_write import atomic_open
+from recbole_perpeft.errors import CheckpointError
 
 _NUMPY_ALIASES = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_}
 
@@ -52,3 +54,33 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (tensors and builtins only)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", *, model_name: str | None = None
+) -> dict[str, Any]:
+    """A checkpoint's contents, loaded weights-only; every failure is a one-line :class:`CheckpointError`.
+
+    With ``model_name``, a checkpoint of another model is refused too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = safe_load(path, map_location=map_location)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path} is not a weights-only checkpoint (it holds objects other than tensors and builtins, "
+            f"which are never unpickled here): {first_line}"
+        ) from error
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {first_line}") \
+            from error
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"{path} is not a model checkpoint of this plugin (no 'state_dict')")
+    saved_model = state.get("model")
+    if model_name is not None and saved_model and str(saved_model).lower() != model_name.lower():
+        raise CheckpointError(f"{path} holds model '{saved_model}', not '{model_name}'")
+    return state

@@ -23,6 +23,7 @@ from recbole_perpeft.data.sequential import PluginSequentialDataset
 from recbole_perpeft.distributed import unsharded_loaders
 from recbole_perpeft.errors import ConfigError, PerPEFTError
 from recbole_perpeft.plots import plot_run, plots_dir_for
+from recbole_perpeft.run_identity import find_resume_file, run_identity
 from recbole_perpeft.utils import get_model, get_trainer
 
 _DEFAULT_DATASET_CLASS = {
@@ -121,7 +122,8 @@ def run_recbole_perpeft(
     The record (also written as JSON to ``result_file`` when given) holds the metrics under
     RecBole's names (``ndcg@20``, ``hit@20``, ...), dataset statistics, timings, peak memory
     and parameter counts. ``resume`` continues an interrupted run from its ``.last.pth`` file
-    (or ``"latest"``: the newest one of this model in ``checkpoint_dir``).
+    (or ``"latest"``: the newest one of this run in ``checkpoint_dir``: same model, dataset,
+    settings and vocabularies; see :mod:`recbole_perpeft.run_identity`).
 
     Hooks for hyperparameter search (:mod:`recbole_perpeft.tune`): ``callback_fn(epoch,
     valid_score, trainer)`` runs after every validation (``trainer.last_valid_result`` holds
@@ -160,8 +162,11 @@ def run_recbole_perpeft(
     logger.info(recommender)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+    trainer.run_identity = run_identity(config, data)
     if resume:
-        trainer.resume_checkpoint(find_resume_file(config, resume), train_data)
+        trainer.resume_checkpoint(
+            find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume), train_data
+        )
     epoch_callback = None
     if callback_fn is not None:
         def epoch_callback(epoch_idx: int, valid_score: float) -> None:
@@ -224,24 +229,6 @@ def draw_plots(record: dict[str, Any], out_dir: Path, logger: logging.Logger) ->
         return []
     logger.info(f"plots written to {out_dir}")
     return paths
-
-
-def find_resume_file(config: Config, resume: str | Path) -> Path:
-    """The resume file named by ``--resume``: a path, or ``latest`` for this model."""
-    if str(resume) != "latest":
-        path = Path(resume)
-        if not path.is_file():
-            raise ConfigError(f"resume file not found: {path}")
-        return path
-    candidates = sorted(
-        Path(config["checkpoint_dir"]).glob(f"{config['model']}-*.last.pth"),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not candidates:
-        raise ConfigError(
-            f"--resume=latest: no {config['model']}-*.last.pth in {config['checkpoint_dir']}"
-        )
-    return candidates[-1]
 
 
 def write_result(record: dict[str, Any], result_file: str | Path) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import pickle
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
-from recbole_perpeft.compat import safe_load
+from recbole_perpeft.compat import load_checkpoint
 from recbole_perpeft.config import dump_config_yaml
 from recbole_perpeft.errors import (
     CheckpointError,
@@ -47,6 +46,7 @@ from recbole_perpeft.errors import (
     UnknownItemError,
 )
 from recbole_perpeft.quick_start import build_config, create_dataset, seed_everything
+from recbole_perpeft.run_identity import check_vocabulary
 from recbole_perpeft.utils import get_model
 
 __all__ = [
@@ -101,26 +101,6 @@ def _quiet_logs(level: int = logging.ERROR) -> Iterator[None]:
         yield
     finally:
         root.setLevel(before)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's contents, weights-only; every failure is a one-line :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = safe_load(path, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"{path} is not a weights-only checkpoint (it holds objects other than tensors and builtins, "
-            f"which are never unpickled here): {first_line}"
-        ) from error
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise CheckpointError(f"{path} is not a model checkpoint of this plugin (no 'state_dict')")
-    return state
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -205,6 +185,7 @@ class Recommender:
             data = create_dataset(config)
             train_data, _, _ = data_preparation(config, data)
             net = get_model(config["model"])(config, train_data._dataset).to(chosen)
+        check_vocabulary(path, state, train_data._dataset, users=hasattr(net, "group_of_user"))
         try:
             net.load_state_dict(state["state_dict"])
         except RuntimeError as error:

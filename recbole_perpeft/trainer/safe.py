@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from recbole_perpeft.compat import atomic_torch_save, safe_load, unique_checkpoint_name
+from recbole_perpeft.compat import atomic_torch_save, load_checkpoint, unique_checkpoint_name
 from recbole_perpeft.config import run_config_of
 from recbole_perpeft.errors import TrainingDivergedError
+from recbole_perpeft.run_identity import check_resume_identity, check_vocabulary
 
 CHECKPOINT_FORMAT = 1
 
@@ -91,6 +92,9 @@ class SafeTrainerMixin:
         self._train_data = None
         self.last_valid_result: dict | None = None
         self.distributed_loss = None
+        # Set by the run (recbole_perpeft.run_identity.run_identity): written into every checkpoint,
+        # checked when resuming and when loading weights.
+        self.run_identity: dict[str, str] | None = None
         if distributed:
             from recbole_perpeft.distributed import DistributedLoss, broadcast_object
 
@@ -175,8 +179,12 @@ class SafeTrainerMixin:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_states(),
-            # Plain builtins: what ``recbole_perpeft.recommend`` needs to rebuild the run.
-            "run_config": run_config_of(self.config),
+            # Plain builtins: what ``recbole_perpeft.recommend`` needs to rebuild the run, and
+            # what identifies it (recbole_perpeft.run_identity).
+            "run_config": {
+                **run_config_of(self.config),
+                **({"identity": dict(self.run_identity)} if self.run_identity else {}),
+            },
         }
 
     # ------------------------------------------------------------- resuming
@@ -223,25 +231,38 @@ class SafeTrainerMixin:
             self.logger.info(f"Saving current: {saved_model_file}")
 
     def load_weights(self, checkpoint_file: str) -> dict[str, Any]:
-        """Load model weights from a checkpoint (weights-only) and return the checkpoint."""
+        """Load model weights from a checkpoint (weights-only) and return the checkpoint.
+
+        Refused with one line: an unreadable file, another model's, or (once the run's data are
+        known) one trained on other item ids.
+        """
         if self.distributed_loss is not None:
             from recbole_perpeft.distributed import barrier
 
             barrier()  # rank 0 may still be writing the file the other ranks are about to read
-        checkpoint = safe_load(checkpoint_file, map_location=self.device)
-        if checkpoint.get("model", self.config["model"]).lower() != self.config["model"].lower():
-            raise ValueError(
-                f"checkpoint {checkpoint_file} holds model '{checkpoint['model']}', "
-                f"not '{self.config['model']}'"
-            )
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        checkpoint = load_checkpoint(checkpoint_file, map_location=self.device, model_name=self.config["model"])
+        self._apply_weights(checkpoint_file, checkpoint)
         return checkpoint
 
+    def _apply_weights(self, checkpoint_file: str, checkpoint: dict[str, Any]) -> None:
+        if self.run_identity is not None and self._train_data is not None:
+            check_vocabulary(checkpoint_file, checkpoint, self._train_data._dataset,
+                             users=hasattr(self.model, "group_of_user"))
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+
     def resume_checkpoint(self, resume_file, train_data=None):
-        """Continue from a ``.last.pth`` resume file (or, less completely, a best checkpoint)."""
+        """Continue from a ``.last.pth`` resume file (or, less completely, a best checkpoint).
+
+        The file must belong to this run (same identity, see recbole_perpeft.run_identity):
+        another run's file is refused before anything of it is applied or later overwritten.
+        """
         resume_file = str(resume_file)
-        checkpoint = self.load_weights(resume_file)
+        self._train_data = train_data
+        checkpoint = load_checkpoint(resume_file, map_location=self.device, model_name=self.config["model"])
+        if self.run_identity is not None:
+            check_resume_identity(resume_file, checkpoint, self.run_identity)
+        self._apply_weights(resume_file, checkpoint)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
