@@ -49,6 +49,28 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def check_config_file(path: str | Path) -> None:
+    """Refuse (one line naming the file and line) a config file that is not a YAML mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.load(handle, Loader=ConfigLoader)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        context, opened = getattr(error, "context", None), getattr(error, "context_mark", None)
+        if context and opened is not None and (mark is None or opened.line != mark.line):
+            problem += f"; {context} opened at line {opened.line + 1}"
+        raise ConfigError(f"{where}: invalid YAML ({problem})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config file holds KEY: VALUE lines, not a {type(loaded).__name__}")
+
+
 def properties_dir() -> Path:
     """The plugin's ``properties/`` folder, in a source checkout or an installed wheel."""
     checkout = Path(__file__).resolve().parent.parent / "properties"

@@ -17,7 +17,7 @@ import torch
 from recbole.data import data_preparation
 from recbole.utils import ModelType, init_logger, init_seed
 
-from recbole_perpeft.config import Config
+from recbole_perpeft.config import Config, check_config_file
 from recbole_perpeft.data.atomic_files import build_dataset
 from recbole_perpeft.data.sequential import PluginSequentialDataset
 from recbole_perpeft.distributed import unsharded_loaders
@@ -55,8 +55,7 @@ def build_config(
 ) -> Config:
     """The run's ``Config``; RecBole's validation errors become one-line :class:`ConfigError`."""
     for file in config_file_list or []:
-        if not Path(file).is_file():
-            raise ConfigError(f"config file not found: {file}")
+        check_config_file(file)
     try:
         return Config(model, dataset, config_file_list, config_dict)
     except PerPEFTError:
