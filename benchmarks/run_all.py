@@ -6,8 +6,8 @@
 
 Runs, in order: the PerPEFT main job on mmdemo (its plots go to results/plots/), the ablation
 (n_groups 1 vs 4 over 3 seeds; n_groups 2 and 8; group negatives off; ia3 and iisan), the
-accuracy table, the parameter overhead on ViT-B/32, the efficiency table and the encoder-backend
-table; then writes results/SUMMARY.md, all tables in one file. Each step is a script of its own
+accuracy table, the parameter overhead on ViT-B/32, the efficiency table, the encoder-backend
+table and the peak memory with a decompression bomb in images/; then writes results/SUMMARY.md, all tables in one file. Each step is a script of its own
 (see benchmarks/README.md) and can be run alone.
 """
 
@@ -53,6 +53,7 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
              "--groups", "1", "4", "--catalogue", "--epochs", "3", "--out", str(out / "efficiency_vitb32")]]),
         "encoder_backends": [[str(BENCH / "encoder_backends.py"), "--quick", "--out",
                               str(out / "encoder_backends_quick")]],
+        "image_bomb": [[str(BENCH / "image_bomb.py"), *flag, "--out", str(out / "image_bomb")]],
     }
 
 
@@ -82,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", default=None,
-                        help="main_job ablation accuracy overhead efficiency encoder_backends")
+                        help="main_job ablation accuracy overhead efficiency encoder_backends image_bomb")
     args = parser.parse_args()
     plan = steps(args.quick)
     wanted = args.only or ["main_job", *plan]
