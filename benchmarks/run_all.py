@@ -7,8 +7,9 @@
 Runs, in order: the PerPEFT main job on mmdemo (its plots go to results/plots/), the ablation
 (n_groups 1 vs 4 over 3 seeds; n_groups 2 and 8; group negatives off; ia3 and iisan), the
 accuracy table, the parameter overhead on ViT-B/32, the efficiency table, the encoder-backend
-table and the peak memory with a decompression bomb in images/; then writes results/SUMMARY.md, all tables in one file. Each step is a script of its own
-(see benchmarks/README.md) and can be run alone.
+table and the peak memory with a decompression bomb in images/; then writes results/SUMMARY.md,
+all tables in one file. Each step is a script of its own (see benchmarks/README.md) and can be
+run alone.
 """
 
 from __future__ import annotations

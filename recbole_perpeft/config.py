@@ -108,7 +108,7 @@ class Config(RecBoleConfig):
     ) -> None:
         restore_numpy_aliases()
         super().__init__(model, dataset, config_file_list, config_dict)
-        warn_unknown_keys(self.external_config_dict)  # RecBole ignores them silently
+        warn_unknown_keys(self.external_config_dict, properties_dir())  # RecBole ignores them silently
 
     def _build_yaml_loader(self):
         return ConfigLoader

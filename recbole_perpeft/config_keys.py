@@ -44,22 +44,19 @@ def _yaml_keys(folder: Path) -> set[str]:
 
 
 @cache
-def known_config_keys() -> frozenset[str]:
-    """Every key a RecBole or plugin component reads."""
+def known_config_keys(plugin_properties: Path) -> frozenset[str]:
+    """Every key a RecBole or plugin component reads (``plugin_properties``: the plugin's folder)."""
     import recbole
     from recbole.utils import argument_list
 
-    from recbole_perpeft.config import properties_dir
-
-    keys = _yaml_keys(Path(recbole.__file__).resolve().parent / "properties") | _yaml_keys(properties_dir())
+    keys = _yaml_keys(Path(recbole.__file__).resolve().parent / "properties") | _yaml_keys(plugin_properties)
     for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
         keys.update(getattr(argument_list, name))
     return frozenset(keys | READ_WITHOUT_DEFAULT)
 
 
-def closest_known_key(key: str) -> str | None:
+def closest_known_key(key: str, known: frozenset[str]) -> str | None:
     """The known key ``key`` was most likely meant to be (case first, then spelling), or ``None``."""
-    known = known_config_keys()
     by_case = {k.lower(): k for k in known}
     if key.lower() in by_case:
         return by_case[key.lower()]
@@ -67,17 +64,17 @@ def closest_known_key(key: str) -> str | None:
     return matches[0] if matches else None
 
 
-def unknown_keys(keys: Iterable[str]) -> list[str]:
+def unknown_keys(keys: Iterable[str], known: frozenset[str]) -> list[str]:
     """The keys of ``keys`` nothing reads, in their order."""
-    known = known_config_keys()
     return [key for key in keys if key not in known and not key.startswith(_KNOWN_PREFIXES)]
 
 
-def warn_unknown_keys(keys: Iterable[str]) -> list[str]:
+def warn_unknown_keys(keys: Iterable[str], plugin_properties: Path) -> list[str]:
     """Warn (:class:`UnknownConfigKeyWarning`) once per key nothing reads; returns those keys."""
-    found = unknown_keys(keys)
+    known = known_config_keys(Path(plugin_properties))
+    found = unknown_keys(keys, known)
     for key in found:
-        closest = closest_known_key(key)
+        closest = closest_known_key(key, known)
         hint = f"did you mean '{closest}'? " if closest else ""
         warnings.warn(
             f"unknown config key '{key}' is ignored ({hint}no RecBole or plugin component reads it)",

@@ -17,7 +17,7 @@ import torch
 from recbole.data import data_preparation
 from recbole.utils import ModelType, init_logger, init_seed
 
-from recbole_perpeft.config import Config, check_config_file
+from recbole_perpeft.config import Config, check_config_file, run_config_of
 from recbole_perpeft.data.atomic_files import build_dataset
 from recbole_perpeft.data.sequential import PluginSequentialDataset
 from recbole_perpeft.distributed import unsharded_loaders
@@ -161,7 +161,7 @@ def run_recbole_perpeft(
     logger.info(recommender)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
-    trainer.run_identity = run_identity(config, data)
+    trainer.run_identity = run_identity(run_config_of(config), data)
     if resume:
         trainer.resume_checkpoint(
             find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume), train_data

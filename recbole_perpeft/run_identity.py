@@ -56,14 +56,13 @@ def vocabulary_fingerprint(tokens: Iterable[Any]) -> str:
     return _digest(str(token) for token in tokens)
 
 
-def run_identity(config: Any, dataset: Any) -> dict[str, str]:
-    """The identity of the run ``config`` describes over ``dataset`` (any split of it)."""
-    from recbole_perpeft.config import run_config_of
-
+def run_identity(run_config: Mapping[str, Any], dataset: Any) -> dict[str, str]:
+    """The identity of a run over ``dataset`` (any split of it); ``run_config``: the run's model,
+    dataset and final settings as a checkpoint stores them (``run_config_of(config)``)."""
     return {
-        "model": str(config["model"]),
-        "dataset": str(config["dataset"]),
-        "settings": settings_fingerprint(run_config_of(config)["settings"]),
+        "model": str(run_config["model"]),
+        "dataset": str(run_config["dataset"]),
+        "settings": settings_fingerprint(run_config["settings"]),
         "items": vocabulary_fingerprint(dataset.field2id_token[dataset.iid_field]),
         "users": vocabulary_fingerprint(dataset.field2id_token[dataset.uid_field]),
     }
