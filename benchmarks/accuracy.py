@@ -1,37 +1,45 @@
 """Accuracy benchmark: RecBole's sequential baselines vs global PEFT vs PerPEFT, same protocol.
 
-Every run goes through the CLI in its own process with the dataset's defaults and the plugin's
-evaluation protocol (properties/overall.yaml: leave-one-out by time, full ranking, history
-excluded, NDCG and Hit at 10/20/30, model selection on validation NDCG@20), so the numbers of
-all models of a dataset are comparable. Rows: SASRec, GRU4Rec, BERT4Rec, and for each PEFT
-backend the global model (``--n_groups=1``) and PerPEFT (the dataset's ``n_groups``).
+Every run goes through the CLI in its own process with the plugin's evaluation protocol
+(properties/overall.yaml: leave-one-out by time, full ranking, history excluded, NDCG and Hit at
+10/20/30, model selection on validation NDCG@20), so the numbers of all rows of a setting are
+comparable. Rows:
 
-    python benchmarks/accuracy.py                                  # every setting, 3 seeds
-    python benchmarks/accuracy.py --datasets mmdemo --backends lora
+* ``SASRec (RecBole)``, ``GRU4Rec``, ``BERT4Rec``: RecBole's own models with their defaults
+  (history window 10 like PerPEFT's);
+* ``SASRec (PerPEFT's backbone)``: RecBole's SASRec with PerPEFT's hidden size, layers, heads,
+  dropout and window, and a softmax loss (RecBole's full ``CE``; PerPEFT's default sampled
+  softmax approximates it): the like-for-like ID-only baseline;
+* ``global, ID only``: PerPEFT's own code path with the content branch off (``--peft_type=none
+  --content_weight=0 --n_groups=1``): what content adds is read against this row;
+* ``global, frozen encoder``: the foundation model's features without any adapter;
+* per PEFT backend, ``global PEFT`` (``--n_groups=1``) and ``PerPEFT`` (the setting's groups).
+
+    python benchmarks/accuracy.py                                  # the default settings, 3 seeds
+    python benchmarks/accuracy.py --datasets scientific --backends iisan
     python benchmarks/accuracy.py --report                         # tables from the kept runs
     OMP_NUM_THREADS=1 python benchmarks/accuracy.py --jobs 2       # two runs at a time
     python benchmarks/accuracy.py --quick                          # toy smoke run
 
 Each run's record is kept under ``--runs`` (default benchmarks/results/accuracy_runs/) and a run
 already there is not repeated, so an interrupted benchmark continues where it stopped. Writes
-benchmarks/results/accuracy.{json,md}.
+benchmarks/results/accuracy.{json,md}. ``--report`` runs nothing: it rebuilds the tables from
+the records already kept and lists the planned runs that have none yet.
 
-Settings (``SETTINGS`` below; ``--datasets`` picks them): ``mmdemo`` uses
-properties/dataset/mmdemo.yaml (tiny CLIP, 12 epochs, 4 warm-up, 4 groups, batch 64, lr 1e-3) for
-every model. ``ml-100k`` is text-only with the offline all-MiniLM-L6-v2 encoder and a short
-budget, 4 epochs: LoRA and (IA)3 backpropagate through MiniLM for the ~1,000 titles of every batch,
-about 12 s per batch of 64 users on one CPU thread, ~3 minutes an epoch. ``ml-100k-40ep`` gives
-IISAN (whose epochs cost ~1 s on cached hidden states) a 40-epoch schedule, 10 of them global;
-``mmdemo-60ep`` likewise 60 epochs, 20 global.
-
-``--report`` runs nothing: it rebuilds the tables from the records already kept and lists the
-planned runs that have none yet.
+The ``scientific`` settings use Amazon "Industrial and Scientific" (Amazon Reviews 2023 format,
+titles only), converted on first use with the project's own ``amazon2023`` converter
+(``--kcore 1 --no-images``) from ``--scientific_raw`` (default ``../shared/data/amazon-scientific``)
+into ``$RECBOLE_PERPEFT_HOME/datasets``; nothing of it is committed. ``scientific-3k`` is the same
+data restricted to a fixed sample of 3,000 users (``--users``), for LoRA, whose backpropagation
+through MiniLM for every step's titles a 2-core CPU cannot afford on all 12,076 users.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -45,47 +53,75 @@ from benchmarks.common import machine, markdown_table, run_cli, write_outputs  #
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
 BACKENDS = ("lora", "ia3", "iisan")
 METRICS = ("ndcg@10", "ndcg@20", "ndcg@30", "hit@10", "hit@20", "hit@30")
-ML100K = ["--foundation_model=all-MiniLM-L6-v2", "--n_groups=4", "--train_batch_size=64", "--learning_rate=1e-3",
-          "--weight_decay=0.0"]
-# A setting is a dataset with the flags every model gets on it; ``models``/``backends`` restrict the
-# rows where the others would not fit the machine's time (the table then has only those rows).
-SETTINGS: dict[str, dict] = {
-    "mmdemo": {"dataset": "mmdemo", "args": []},
-    "ml-100k": {"dataset": "ml-100k", "args": [*ML100K, "--epochs=4", "--warmup_epochs=2"]},
-    # IISAN's epochs cost ~1 s here (cached hidden states), LoRA's and (IA)3's ~3 minutes on a
-    # 2-core CPU (backpropagation through MiniLM), so only IISAN gets a longer schedule on a CPU.
-    "ml-100k-40ep": {"dataset": "ml-100k", "args": [*ML100K, "--epochs=40", "--warmup_epochs=10"],
-                     "models": ["PerPEFT"], "backends": ["iisan"]},
-    # mmdemo's 12 epochs keep the README's main job to minutes; IISAN's validation NDCG@20 still
-    # rises at 60 (0.026 after 12 epochs, 0.075 after 60, global model, seed 2020).
-    "mmdemo-60ep": {"dataset": "mmdemo", "args": ["--epochs=60", "--warmup_epochs=20"],
-                    "models": ["PerPEFT"], "backends": ["iisan"]},
-}
-DEFAULT_SETTINGS = ["mmdemo", "mmdemo-60ep", "ml-100k", "ml-100k-40ep"]
-
+DEFAULT_SCIENTIFIC_RAW = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "amazon-scientific"
 
 # Every model sees the same window of history: the last 10 items (PerPEFT's default, the
-# reference's; RecBole's models default to 50). RecBole's baselines train on one sample per prefix
-# of a history (~22k on mmdemo, ~97k on ml-100k), PerPEFT on one sample per user with a loss at
-# each position of its window (~600 targets in a batch of 64 users); 512 prefixes per baseline
-# batch keeps the targets per step comparable.
-BASELINE_ARGS = ["--train_batch_size=512", "--MAX_ITEM_LIST_LENGTH=10"]
+# reference's; RecBole's models default to 50).
+WINDOW = ["--MAX_ITEM_LIST_LENGTH=10"]
+# RecBole's SASRec shaped like PerPEFT's backbone (properties/model/PerPEFT.yaml), full softmax.
+PERPEFT_BACKBONE = ["--hidden_size=32", "--inner_size=32", "--n_layers=2", "--n_heads=4",
+                    "--hidden_dropout_prob=0.3", "--attn_dropout_prob=0.3", "--loss_type=CE"]
+TEXT = ["--foundation_model=all-MiniLM-L6-v2"]
+
+# A setting is a dataset with the flags every row gets on it (``args``), the flags of RecBole's
+# baselines (``baseline_args``) and of the PerPEFT rows (``perpeft_args``); ``rows`` and
+# ``backends`` restrict what runs where the rest would not fit the machine's time.
+SETTINGS: dict[str, dict] = {
+    "mmdemo": {"dataset": "mmdemo", "args": [], "baseline_args": ["--train_batch_size=512"],
+               "perpeft_args": []},
+    "ml-100k": {"dataset": "ml-100k", "args": [], "baseline_args": ["--train_batch_size=512"],
+                "perpeft_args": [*TEXT, "--n_groups=4"]},
+    "scientific": {"dataset": "scientific", "args": [], "baseline_args": ["--train_batch_size=512"],
+                   "perpeft_args": TEXT, "backends": ["iisan"]},
+    "scientific-3k": {"dataset": "scientific-3k", "args": [], "baseline_args": ["--train_batch_size=512"],
+                      "perpeft_args": TEXT, "backends": ["lora", "iisan"]},
+}
+DEFAULT_SETTINGS = ["mmdemo", "ml-100k", "scientific", "scientific-3k"]
+ID_ONLY = ["--peft_type=none", "--content_weight=0", "--learn_content_weight=False"]
 
 
-def planned_runs(settings, models, backends, seeds) -> list[dict]:
+def row_args(setting: dict, row: str) -> list[str] | None:
+    """The flags of one row of a setting, or None where the row does not run there."""
+    rows = setting.get("rows")
+    if rows is not None and row not in rows:
+        return None
+    baseline = [*WINDOW, *setting["baseline_args"]]
+    if row == "SASRec (RecBole)":
+        return ["--model=SASRec", *baseline]
+    if row == "SASRec (PerPEFT's backbone)":
+        return ["--model=SASRec", *baseline, *PERPEFT_BACKBONE]
+    if row in ("GRU4Rec", "BERT4Rec"):
+        return [f"--model={row}", *baseline]
+    perpeft = ["--model=PerPEFT", *setting["perpeft_args"]]
+    if row == "global, ID only":
+        return [*perpeft, "--n_groups=1", *ID_ONLY]
+    if row == "global, frozen encoder":
+        return [*perpeft, "--n_groups=1", "--peft_type=none"]
+    kind, backend = row.rsplit(" (", 1)
+    backend = backend.rstrip(")")
+    if backend not in setting.get("backends", BACKENDS):
+        return None
+    return [*perpeft, f"--peft_type={backend}", *(["--n_groups=1"] if kind == "global PEFT" else [])]
+
+
+def row_names(backends) -> list[str]:
+    names = ["SASRec (RecBole)", "SASRec (PerPEFT's backbone)", "GRU4Rec", "BERT4Rec",
+             "global, ID only", "global, frozen encoder"]
+    for backend in backends:
+        names += [f"global PEFT ({backend})", f"PerPEFT ({backend})"]
+    return names
+
+
+def planned_runs(settings, rows, seeds) -> list[dict]:
     runs = []
-    for setting in settings:
-        spec = SETTINGS[setting]
+    for name in settings:
+        spec = SETTINGS[name]
         for seed in seeds:
-            for model in [m for m in models if m in spec.get("models", models)]:
-                common = {"dataset": setting, "seed": seed, "shared": [f"--dataset={spec['dataset']}", *spec["args"]]}
-                if model in BASELINES:
-                    runs.append({**common, "row": model, "args": [f"--model={model}", *BASELINE_ARGS]})
-                    continue
-                for backend in [b for b in backends if b in spec.get("backends", backends)]:
-                    for row, groups in (("global PEFT", ["--n_groups=1"]), ("PerPEFT", [])):
-                        runs.append({**common, "row": f"{row} ({backend})",
-                                     "args": ["--model=PerPEFT", f"--peft_type={backend}", *groups]})
+            for row in rows:
+                args = row_args(spec, row)
+                if args is not None:
+                    runs.append({"dataset": name, "row": row, "seed": seed,
+                                 "shared": [f"--dataset={spec['dataset']}", *spec["args"]], "args": args})
     return runs
 
 
@@ -97,7 +133,7 @@ def merged_flags(own: list[str], *shared: str) -> list[str]:
 
 
 def run_name(run: dict) -> str:
-    safe = run["row"].replace(" ", "_").replace("(", "").replace(")", "")
+    safe = run["row"].replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("'", "")
     return f"{run['dataset']}__{safe}__{run['seed']}"
 
 
@@ -107,26 +143,85 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def _tests(records, dataset, row) -> dict[int, dict]:
+    return {r["seed"]: r["record"]["test_result"] for r in records if r["dataset"] == dataset and r["row"] == row}
+
+
+def comparisons(records: list[dict], dataset: str) -> list[list]:
+    """PerPEFT vs global PEFT and global PEFT vs the ID-only baselines: mean change of test
+    NDCG@20 and on how many seeds the first is at least as good."""
+    out = []
+    pairs = []
+    for backend in BACKENDS:
+        pairs.append((f"PerPEFT ({backend})", f"global PEFT ({backend})"))
+        for baseline in ("SASRec (PerPEFT's backbone)", "global, ID only"):
+            pairs.append((f"global PEFT ({backend})", baseline))
+    for better, than in pairs:
+        a, b = _tests(records, dataset, better), _tests(records, dataset, than)
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        mean_a = statistics.mean(a[s]["ndcg@20"] for s in seeds)
+        mean_b = statistics.mean(b[s]["ndcg@20"] for s in seeds)
+        wins = sum(a[s]["ndcg@20"] >= b[s]["ndcg@20"] for s in seeds)
+        out.append([better, than, f"{100 * (mean_a / mean_b - 1):+.1f} %", f"{wins}/{len(seeds)}"])
+    return out
+
+
 def table(records: list[dict]) -> str:
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in records):
         rows = []
         for row in dict.fromkeys(r["row"] for r in records if r["dataset"] == dataset):
-            tests = [r["record"]["test_result"] for r in records if r["dataset"] == dataset and r["row"] == row]
-            rows.append([row, len(tests), *(mean_std([t[m] for t in tests]) for m in METRICS)])
+            tests = list(_tests(records, dataset, row).values())
+            epochs = [len(r["record"]["train_loss"]) for r in records if r["dataset"] == dataset and r["row"] == row]
+            rows.append([row, len(tests), max(epochs), *(mean_std([t[m] for t in tests]) for m in METRICS)])
         spec = SETTINGS[dataset]
-        settings = (" ".join(spec["args"]) or f"{spec['dataset']}'s defaults") + \
-            f"; baselines {' '.join(BASELINE_ARGS)}"
-        out.append(f"### {dataset} (test, mean ± std over seeds; --dataset={spec['dataset']} {settings})\n\n"
-                   + markdown_table(["model", "seeds", *(m.upper() for m in METRICS)], rows))
+        out.append(f"### {dataset} (test, mean ± std over seeds; --dataset={spec['dataset']} "
+                   f"{' '.join(spec['args'])}; PerPEFT rows {' '.join(spec['perpeft_args']) or 'defaults'}; "
+                   f"baselines {' '.join([*WINDOW, *spec['baseline_args']])})\n\n"
+                   + markdown_table(["model", "seeds", "epochs run", *(m.upper() for m in METRICS)], rows))
+        compared = comparisons(records, dataset)
+        if compared:
+            out.append("\n" + markdown_table(["model", "against", "test NDCG@20", "seeds at least as good"],
+                                             compared))
     return "\n".join(out)
+
+
+def prepare_scientific(raw: Path, data_path: Path, users: int) -> None:
+    """Convert Amazon Scientific with the project's converter (as a user would), once, and
+    write ``scientific-3k``: the interactions of a fixed sample of ``users`` users."""
+    from recbole_perpeft.data.convert import main as convert
+
+    if not (data_path / "scientific" / "scientific.inter").is_file():
+        code = convert(["amazon2023", "--reviews", str(raw / "Industrial_and_Scientific.jsonl.gz"),
+                        "--meta", str(raw / "meta_Industrial_and_Scientific.jsonl.gz"), "--name", "scientific",
+                        "--out", str(data_path), "--kcore", "1", "--no-images", "--quiet"])
+        if code != 0:
+            raise SystemExit(f"could not convert {raw} (exit code {code})")
+    sample_dir = data_path / "scientific-3k"
+    if (sample_dir / "scientific-3k.inter").is_file():
+        return
+    lines = (data_path / "scientific" / "scientific.inter").read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], lines[1:]
+    all_users = sorted({row.split("\t", 1)[0] for row in rows})
+    # a fixed sample: the users whose id hashes lowest (no RNG, same on every machine)
+    chosen = set(sorted(all_users, key=lambda u: hashlib.sha256(u.encode()).hexdigest())[:users])
+    kept = [row for row in rows if row.split("\t", 1)[0] in chosen]
+    kept_items = {row.split("\t")[1] for row in kept}
+    item_lines = (data_path / "scientific" / "scientific.item").read_text(encoding="utf-8").splitlines()
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    (sample_dir / "scientific-3k.inter").write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
+    (sample_dir / "scientific-3k.item").write_text(
+        "\n".join([item_lines[0], *(line for line in item_lines[1:] if line.split("\t", 1)[0] in kept_items)]) + "\n",
+        encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=DEFAULT_SETTINGS, choices=list(SETTINGS),
                         help="benchmark settings: a dataset and the flags every model gets on it")
-    parser.add_argument("--models", nargs="+", default=[*BASELINES, "PerPEFT"])
+    parser.add_argument("--rows", nargs="+", default=None, help="row names (default: all)")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[2020, 2021, 2022])
     parser.add_argument("--extra", nargs="*", default=[], help="more --KEY=VALUE for every run")
@@ -135,21 +230,38 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="run nothing; tables from the kept records")
     parser.add_argument("--runs", default=str(Path(__file__).parent / "results" / "accuracy_runs"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy"))
+    parser.add_argument("--scientific_raw", default=str(DEFAULT_SCIENTIFIC_RAW),
+                        help="folder of Industrial_and_Scientific.jsonl.gz and its meta file")
+    parser.add_argument("--data_path", default=None,
+                        help="where converted datasets go (default $RECBOLE_PERPEFT_HOME/datasets)")
+    parser.add_argument("--users", type=int, default=3000, help="users of the scientific-3k sample")
+    parser.add_argument("--cache_dir", default=None,
+                        help="content / IISAN caches (default: the plugin's, reused across runs)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
     extra = list(args.extra)
+    if args.cache_dir:
+        extra.append(f"--cache_dir={args.cache_dir}")
+    from recbole_perpeft.data.registry import perpeft_home
+
+    data_path = Path(args.data_path) if args.data_path else perpeft_home() / "datasets"
     if args.quick:
         from recbole_perpeft.data.mmdemo import generate_mmdemo
 
         generate_mmdemo(workdir / "data" / "mmquick", n_users=150, n_items=160, max_len=12)
-        SETTINGS["mmquick"] = {"dataset": "mmquick", "args": ["--foundation_model=tiny-clip", "--epochs=2",
-                                                              "--warmup_epochs=1", "--n_groups=2",
-                                                              "--train_batch_size=64"]}
+        SETTINGS["mmquick"] = {"dataset": "mmquick", "baseline_args": ["--epochs=2"], "perpeft_args": [],
+                               "args": ["--foundation_model=tiny-clip", "--epochs=2", "--warmup_epochs=1",
+                                        "--n_groups=2", "--train_batch_size=64"]}
         args.datasets, args.seeds = ["mmquick"], args.seeds[:1]
         extra.append(f"--data_path={workdir / 'data'}")
+    elif any(name.startswith("scientific") for name in args.datasets) and not args.report:
+        prepare_scientific(Path(args.scientific_raw), data_path, args.users)
+    for name in args.datasets:
+        if SETTINGS[name]["dataset"].startswith("scientific"):
+            SETTINGS[name]["args"] = [f"--data_path={data_path}", *SETTINGS[name]["args"]]
     runs_dir = Path(args.runs)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    plan = planned_runs(args.datasets, args.models, args.backends, args.seeds)
+    plan = planned_runs(args.datasets, args.rows or row_names(args.backends), args.seeds)
 
     def record_of(index: int, run: dict) -> dict | None:
         file = runs_dir / f"{run_name(run)}.json"
@@ -161,9 +273,9 @@ def main() -> None:
             print(f"{label}: not run yet", flush=True)
             return None
         print(label, flush=True)
-        record = run_cli(merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}",
-                                      f"--cache_dir={workdir / 'cache'}", "--plots=False", *extra),
-                         workdir=workdir / run_name(run))
+        record = run_cli(merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}", "--plots=False", *extra),
+                         workdir=workdir / run_name(run), timeout=6 * 3600)
+        record["flags"] = merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}")
         file.write_text(json.dumps(record, indent=1) + "\n")
         return record
 
@@ -173,9 +285,10 @@ def main() -> None:
         found = list(pool.map(record_of, range(1, len(plan) + 1), plan))
     records = [{**{k: run[k] for k in ("dataset", "row", "seed")}, "record": record}
                for run, record in zip(plan, found) if record is not None]
-    text = f"## Accuracy ({machine()['device']}, {machine()['cpu_count']} CPUs)\n\n" + table(records)
+    text = (f"## Accuracy ({machine()['device']}, {machine()['cpu_count']} CPUs, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})\n\n" + table(records))
     settings = {**vars(args), "settings": {name: SETTINGS[name] for name in args.datasets},
-                "baseline_args": BASELINE_ARGS}
+                "window": WINDOW, "perpeft_backbone": PERPEFT_BACKBONE}
     write_outputs(Path(args.out), {"machine": machine(), "settings": settings, "runs": records}, text)
 
 

@@ -42,17 +42,23 @@ def test_perpeft_ablation_benchmark_quick(tmp_path):
 
 def test_accuracy_benchmark_quick(tmp_path):
     out, runs = tmp_path / "accuracy", tmp_path / "runs"
-    command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--quick", "--models", "SASRec", "PerPEFT",
+    rows = ["SASRec (PerPEFT's backbone)", "global, ID only", "global PEFT (iisan)", "PerPEFT (iisan)"]
+    command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--quick", "--rows", *rows,
                "--backends", "iisan", "--out", str(out), "--runs", str(runs)]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
     payload = json.loads(out.with_suffix(".json").read_text())
-    assert [r["row"] for r in payload["runs"]] == ["SASRec", "global PEFT (iisan)", "PerPEFT (iisan)"]
+    assert [r["row"] for r in payload["runs"]] == rows
     for run in payload["runs"]:
         assert 0 <= run["record"]["test_result"]["ndcg@30"] <= 1 and "hit@10" in run["record"]["test_result"]
-    assert "| PerPEFT (iisan) | 1 |" in out.with_suffix(".md").read_text()
+    backbone = payload["runs"][0]["record"]["flags"]
+    assert "--hidden_size=32" in backbone and "--loss_type=CE" in backbone and "--MAX_ITEM_LIST_LENGTH=10" in backbone
+    assert "--content_weight=0" in payload["runs"][1]["record"]["flags"]
+    table = out.with_suffix(".md").read_text()
+    assert "| PerPEFT (iisan) | 1 |" in table
+    assert "| PerPEFT (iisan) | global PEFT (iisan) |" in table and "| global PEFT (iisan) | global, ID only |" in table
     # a second call finds every run done and repeats none
     again = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
-    assert again.stdout.count("done before") == 3
+    assert again.stdout.count("done before") == 4
 
 
 def test_efficiency_benchmark_quick(tmp_path):
