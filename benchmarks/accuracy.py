@@ -242,7 +242,7 @@ def main() -> None:
     extra = list(args.extra)
     if args.cache_dir:
         extra.append(f"--cache_dir={args.cache_dir}")
-    from recbole_perpeft.data.registry import perpeft_home
+    from recbole_perpeft.cache import perpeft_home
 
     data_path = Path(args.data_path) if args.data_path else perpeft_home() / "datasets"
     if args.quick:

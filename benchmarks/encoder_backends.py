@@ -91,22 +91,18 @@ class DiskReprocessingStore:
 
 
 def content_path(args, data_path: Path, dataset: str) -> dict:
-    from recbole.data import data_preparation
-
-    from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import build_config, create_dataset, seed_everything
+    from recbole_perpeft.run import build_config, build_run
 
     config = build_config("PerPEFT", dataset, config_dict={
         "data_path": str(data_path), "foundation_model": args.foundation_model, "peft_type": "lora",
         "n_groups": 1, "show_progress": False, "state": "WARNING", "cache_dir": args.cache_dir,
     })
-    seed_everything(config["seed"], True)
-    data = create_dataset(config)
-    train_data, _, test_data = data_preparation(config, data)
-    model = PerPEFT(config, train_data._dataset)
+    built = build_run(config, with_trainer=False)
+    data, train_data, test_data, model = built.dataset, built.train_data, built.test_data, built.model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     n_rows = len(train_data._dataset)
-    batches = [train_data._dataset[torch.arange(s, min(s + 16, n_rows))] for s in range(0, 16 * args.steps, 16)]
+    batches = [train_data._dataset[torch.arange(s, min(s + 16, n_rows))].to(config["device"])
+               for s in range(0, 16 * args.steps, 16)]
 
     def seconds_per_batch() -> float:
         model.train()
@@ -126,7 +122,7 @@ def content_path(args, data_path: Path, dataset: str) -> dict:
 
     # Evaluation: all test users batched (one item table) against one user at a time.
     model.eval()
-    users = test_data._dataset.inter_feat[: args.eval_users]
+    users = test_data._dataset.inter_feat[: args.eval_users].to(config["device"])
     with torch.no_grad():
         start = time.perf_counter()
         model.full_sort_predict(users)

@@ -9,8 +9,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
 from recbole_perpeft.config import parse_value
 from recbole_perpeft.config_keys import UnknownConfigKeyWarning
 from recbole_perpeft.errors import ConfigError, PerPEFTError
@@ -18,7 +16,8 @@ from recbole_perpeft.errors import ConfigError, PerPEFTError
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 USAGE = """run_recbole_perpeft.py --model=MODEL --dataset=DATASET [--config_files="a.yaml b.yaml"]
-                              [--result_file=PATH] [--resume=FILE|latest] [--nproc=N] [--KEY=VALUE ...]
+                              [--result_file=PATH] [--resume=FILE|latest] [--nproc=N] [--export=DIR]
+                              [--KEY=VALUE ...]
        run_recbole_perpeft.py --tune=SPACE.yaml --model=MODEL --dataset=DATASET [--num_samples=N]
                               [--max_concurrent=K] [--cpus_per_trial=C] [--gpus_per_trial=G]
                               [--ray_address=ADDR] [--tune_dir=DIR] [--KEY=VALUE ...]
@@ -29,8 +28,9 @@ USAGE = """run_recbole_perpeft.py --model=MODEL --dataset=DATASET [--config_file
 Any RecBole or plugin config key can be given as --KEY=VALUE (values are read as YAML:
 --epochs=2, --learning_rate=1e-4, --topk="[10,20]"). Plugin models are looked up first,
 then RecBole's (SASRec, GRU4Rec, BERT4Rec, ...). --nproc=N trains in N processes (DDP: gloo on
-CPU, nccl on CUDA). --tune runs a Ray Tune search over SPACE.yaml; the other --KEY=VALUE are
-fixed for all trials (docs/tuning.md). --recommend ranks the catalogue with a saved model for one
+CPU, nccl on CUDA). --export=DIR also writes the tested model as peft adapters and safetensors.
+--tune runs a Ray Tune search over SPACE.yaml; the other --KEY=VALUE are fixed for all trials
+(docs/tuning.md). --recommend ranks the catalogue with a saved model for one
 history of raw item ids (oldest first) or for every line of a histories file (JSON lines out)."""
 
 
@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", default=None,
         help="continue an interrupted run: its saved/<...>.last.pth file, or 'latest'",
     )
+    parser.add_argument(
+        "--export", default=None, metavar="DIR",
+        help="also write the tested model to the new folder DIR (peft adapters, safetensors, text tables)",
+    )
     tune = parser.add_argument_group("hyperparameter search (Ray Tune), see docs/tuning.md")
     tune.add_argument("--tune", default=None, metavar="SPACE.yaml", help="search space file; runs a search")
     tune.add_argument("--num_samples", default=None, help="samples of the space (grids: per grid point); 1")
@@ -82,27 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 TUNE_FLAGS = ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "ray_address",
               "tune_dir", "grace_period", "reduction_factor")
-
-
-def requested_nproc(config_files: list[str] | None, overrides: dict[str, Any]) -> int:
-    """``nproc`` from the overrides, else from the config files (1 when absent or unreadable)."""
-    if "nproc" in overrides:
-        value = overrides["nproc"]
-    else:
-        value = 1
-        from recbole_perpeft.config import ConfigLoader
-
-        for file in config_files or []:
-            try:
-                with open(file, encoding="utf-8") as handle:
-                    loaded = yaml.load(handle, Loader=ConfigLoader) or {}
-            except (OSError, yaml.YAMLError):
-                continue  # reported properly when the run's Config reads the file
-            if isinstance(loaded, dict) and "nproc" in loaded:
-                value = loaded["nproc"]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"nproc must be a positive integer, got {value!r}")
-    return value
 
 
 def build_recommend_parser() -> argparse.ArgumentParser:
@@ -216,27 +199,26 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if known.tune is not None or any(getattr(known, flag) is not None for flag in TUNE_FLAGS):
             from recbole_perpeft.tune import tune_main
 
+            if known.export is not None:
+                raise ConfigError("--export is for a training run; a search saves its best model as best_model.pth")
+
             return tune_main(known, config_files, overrides)
-        from recbole_perpeft.quick_start import close_log_handlers, run_recbole_perpeft
+        from recbole_perpeft.quick_start import close_log_handlers, run
+        from recbole_perpeft.run import build_config
 
         try:
-            if requested_nproc(config_files, overrides) > 1:
-                from recbole_perpeft.distributed import run_distributed
+            # Built here first: every value is checked before any data or model is loaded, and
+            # nproc is read wherever it was set (command line or config file).
+            config = build_config(known.model, known.dataset, config_files, overrides)
+            if config["nproc"] > 1:
+                from recbole_perpeft.launcher import run_distributed
 
                 if known.resume:
                     raise ConfigError("--resume cannot be combined with --nproc > 1")
-                record = run_distributed(
-                    known.model, known.dataset, config_files, overrides, result_file=known.result_file
-                )
+                record = run_distributed(config, config_files, overrides, result_file=known.result_file,
+                                         export_dir=known.export)
             else:
-                record = run_recbole_perpeft(
-                    known.model,
-                    known.dataset,
-                    config_file_list=config_files,
-                    config_dict=overrides,
-                    result_file=known.result_file,
-                    resume=known.resume,
-                )
+                record = run(config, result_file=known.result_file, resume=known.resume, export_dir=known.export)
         finally:
             close_log_handlers()
     except PerPEFTError as error:

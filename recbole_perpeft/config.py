@@ -2,7 +2,8 @@
 
 Priority, lowest first: RecBole's own property files < ``properties/overall.yaml`` <
 ``properties/model/<Model>.yaml`` < ``properties/dataset/<dataset>.yaml`` < ``--config_files``
-< ``config_dict`` (the CLI's ``--key=value``). Unlike RecBole, this ``Config`` never reads
+< ``config_dict`` (the CLI's ``--key=value``). Values are checked against
+:mod:`recbole_perpeft.config_rules` as the config is built. Unlike RecBole, this ``Config`` never reads
 ``sys.argv`` itself (the CLI parses it), so it behaves the same under pytest and Ray Tune, and
 it parses values with a safe YAML loader instead of ``eval``.
 """
@@ -20,6 +21,7 @@ from recbole.utils import ModelType
 
 from recbole_perpeft.compat import restore_numpy_aliases
 from recbole_perpeft.config_keys import warn_unknown_keys
+from recbole_perpeft.config_rules import check_values
 from recbole_perpeft.data.registry import resolve_dataset_dir
 from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.utils import get_model
@@ -129,6 +131,9 @@ class Config(RecBoleConfig):
             dataset = self.external_config_dict.get("dataset")
         if model is None or dataset is None:
             raise KeyError("both 'model' and 'dataset' must be given")
+        # The user's values first, before the model (and with it transformers) is even imported
+        # and before any data is looked at: a typo fails at once.
+        check_values(self.external_config_dict, model if isinstance(model, str) else model.__name__)
         if isinstance(model, str):
             return model, get_model(model), dataset
         return model.__name__, model, dataset
@@ -168,6 +173,7 @@ class Config(RecBoleConfig):
         init_distributed_device(final)
 
     def _set_default_parameters(self):
+        check_values(self.final_config_dict, self.model)  # the property files' values too
         # RecBole's own default negative sampling contradicts ``loss_type: CE`` for sequential
         # models (SASRec's default), so `--model=SASRec` would not start; drop the default
         # unless the user asked for sampling explicitly.
@@ -219,57 +225,3 @@ def dump_config_yaml(settings: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(
         yaml.dump(settings, Dumper=ConfigDumper, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )
-
-
-_NOT_PLAIN = object()
-
-# Keys Config derives on every build. Given back as settings they would contradict it:
-# ``local_rank`` starts DDP, a processed ``*_neg_sample_args`` clashes with the CE loss check.
-_DERIVED_KEYS = frozenset({
-    "model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "local_rank",
-    "single_spec", "dist_backend", "valid_metric_bigger", "valid_neg_sample_args",
-    "test_neg_sample_args", "eval_neg_sample_args",
-})
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain builtins (JSON-like), or ``_NOT_PLAIN``.
-
-    NumPy scalars become Python ones: ``np.float64`` passes ``isinstance(x, float)`` but a
-    weights-only load refuses it.
-    """
-    if value is None or isinstance(value, bool):
-        return None if value is None else bool(value)
-    for kind in (int, float, str):
-        if isinstance(value, kind):
-            return kind(value)
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            return _NOT_PLAIN
-        entries = {str(k): _plain(v) for k, v in value.items()}
-        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in entries.values()) else entries
-    return _NOT_PLAIN
-
-
-def run_config_of(config: RecBoleConfig) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its run: model, dataset and the run's final settings.
-
-    Every key of the final config is kept (defaults included, so a later change of a property
-    file cannot change the rebuilt model), as plain builtins so the checkpoint still loads
-    weights-only; keys Config derives itself (device, DDP rank, processed sampling arguments)
-    are left out. ``data_path`` is stored absolute, so the checkpoint works from any working
-    directory. Reload with :func:`recbole_perpeft.recommend.Recommender.from_checkpoint`.
-    """
-    settings: dict[str, Any] = {}
-    for key, value in config.final_config_dict.items():
-        plain = _NOT_PLAIN if key in _DERIVED_KEYS else _plain(value)
-        if plain is not _NOT_PLAIN:
-            settings[key] = plain
-    negatives = settings.get("train_neg_sample_args")
-    if isinstance(negatives, dict) and negatives.get("distribution") == "none":
-        settings["train_neg_sample_args"] = None  # what the user wrote: no sampling
-    settings["data_path"] = str(Path(config["data_path"]).resolve().parent)
-    return {"model": config["model"], "dataset": config["dataset"], "settings": settings}

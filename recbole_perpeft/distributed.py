@@ -1,4 +1,6 @@
-"""Multi-process (DDP) training for every model the CLI runs, on CPU (gloo) or CUDA (nccl).
+"""Multi-process (DDP) training for every model the CLI runs, on CPU (gloo) or CUDA (nccl): the
+collective helpers the config and the trainer use (rank, barrier, broadcast, loss averaging).
+Starting the processes is the CLI's business (:mod:`recbole_perpeft.launcher`).
 
 RecBole 1.2.1's own distributed path does not work for us: ``Config._init_device`` hard-codes
 ``nccl`` and a CUDA device, the trainer wraps the model with ``device_ids=[rank]`` (CUDA only),
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -34,8 +35,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-
-from recbole_perpeft.errors import ConfigError, PerPEFTError
 
 
 def init_distributed_device(final: dict[str, Any]) -> None:
@@ -193,64 +192,3 @@ class DistributedLoss:
             return losses * shard.weight
 
         return loss
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("localhost", 0))
-        return int(probe.getsockname()[1])
-
-
-def _worker(local_rank: int, model: str, dataset: str, config_file_list, config_dict: dict, saved: bool,
-            result_file, queue) -> None:
-    from recbole_perpeft.quick_start import close_log_handlers, run_recbole_perpeft
-
-    try:
-        record = run_recbole_perpeft(
-            model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, saved=saved,
-            result_file=result_file if local_rank == 0 else None,
-        )
-        if local_rank == 0:
-            queue.put({"record": record})
-    except PerPEFTError as error:
-        if local_rank == 0:
-            queue.put({"error": str(error)})
-    finally:
-        close_log_handlers()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run_distributed(
-    model: str,
-    dataset: str,
-    config_file_list: list[str] | None = None,
-    config_dict: dict[str, Any] | None = None,
-    saved: bool = True,
-    result_file: str | None = None,
-) -> dict[str, Any]:
-    """Run :func:`run_recbole_perpeft` in ``nproc`` processes on this machine; rank 0's record.
-
-    ``config_dict['nproc']`` processes are spawned with ``torch.multiprocessing``; without an
-    explicit ``port`` a free one is taken, so concurrent runs do not collide.
-    """
-    import torch.multiprocessing as mp
-
-    config_dict = dict(config_dict or {})
-    nproc = config_dict.get("nproc", 1)
-    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
-        raise ConfigError(f"nproc must be a positive integer, got {nproc!r}")
-    if config_dict.get("world_size", -1) not in (-1, None) and config_dict["world_size"] != nproc \
-            and "offset" not in config_dict:
-        raise ConfigError("world_size differs from nproc: give each machine's offset (first rank) too")
-    config_dict.setdefault("port", free_port())
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    mp.spawn(_worker, args=(model, dataset, config_file_list, config_dict, saved, result_file, queue),
-             nprocs=nproc, join=True)
-    answer = None if queue.empty() else queue.get()
-    if answer is None:
-        raise PerPEFTError("the distributed run ended without a result from rank 0")
-    if "error" in answer:
-        raise PerPEFTError(answer["error"])
-    return answer["record"]

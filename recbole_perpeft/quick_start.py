@@ -1,8 +1,11 @@
-"""Run one model on one dataset end to end and return (and optionally write) its results."""
+"""Train, validate and test one model on one dataset; return (and optionally write) its results.
+
+The CLI's training path (``run_recbole_perpeft.py --model=M --dataset=D``) and the trials of a
+search call :func:`run`; the run itself is built by :func:`recbole_perpeft.run.build_run`.
+"""
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -14,74 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from recbole.data import data_preparation
-from recbole.utils import ModelType, init_logger, init_seed
+from recbole.utils import init_logger
 
-from recbole_perpeft.config import Config, check_config_file, run_config_of
-from recbole_perpeft.data.atomic_files import build_dataset
-from recbole_perpeft.data.sequential import PluginSequentialDataset
-from recbole_perpeft.distributed import unsharded_loaders
-from recbole_perpeft.errors import ConfigError, PerPEFTError
+from recbole_perpeft.checkpoint import check_export_dir, export_model, run_config_of
+from recbole_perpeft.config import Config
+from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.plots import plot_run, plots_dir_for
+from recbole_perpeft.run import build_config, build_run
 from recbole_perpeft.run_identity import find_resume_file, run_identity
-from recbole_perpeft.utils import get_model, get_trainer
-
-_DEFAULT_DATASET_CLASS = {
-    ModelType.GENERAL: "Dataset",
-    ModelType.SEQUENTIAL: "SequentialDataset",
-    ModelType.CONTEXT: "Dataset",
-    ModelType.KNOWLEDGE: "KnowledgeBasedDataset",
-    ModelType.TRADITIONAL: "Dataset",
-    ModelType.DECISIONTREE: "Dataset",
-}
-
-
-def seed_everything(seed: int, reproducibility: bool) -> None:
-    """RecBole's seeding, plus deterministic kernels when ``reproducibility`` is on.
-
-    Without the latter, multi-threaded CPU kernels (e.g. the scatter-adds of embedding and
-    indexing backward passes) sum in varying order, and two same-seed runs drift apart in the
-    last bits of the loss.
-    """
-    init_seed(seed, reproducibility)
-    torch.use_deterministic_algorithms(reproducibility, warn_only=True)
-
-
-def build_config(
-    model: str,
-    dataset: str,
-    config_file_list: list[str] | None = None,
-    config_dict: dict[str, Any] | None = None,
-) -> Config:
-    """The run's ``Config``; RecBole's validation errors become one-line :class:`ConfigError`."""
-    for file in config_file_list or []:
-        check_config_file(file)
-    try:
-        return Config(model, dataset, config_file_list, config_dict)
-    except PerPEFTError:
-        raise
-    except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as error:
-        raise ConfigError(f"invalid configuration: {error}") from error
-
-
-def create_dataset(config: Config):
-    """The dataset object for ``config['model']``, built without RecBole's pickle cache.
-
-    (RecBole's ``create_dataset`` unpickles ``saved/<dataset>-<class>.pth`` when present,
-    which executes whatever that file holds.)
-    """
-    model_class = get_model(config["model"])
-    dataset_class = getattr(model_class, "dataset_class", None)
-    if dataset_class is None:
-        recbole_datasets = importlib.import_module("recbole.data.dataset")
-        specific = getattr(recbole_datasets, f"{config['model']}Dataset", None)
-        if specific is not None:
-            dataset_class = specific
-        elif config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
-            dataset_class = PluginSequentialDataset
-        else:
-            dataset_class = getattr(recbole_datasets, _DEFAULT_DATASET_CLASS[config["MODEL_TYPE"]])
-    return build_dataset(dataset_class, config)
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -111,26 +54,41 @@ def run_recbole_perpeft(
     saved: bool = True,
     result_file: str | Path | None = None,
     resume: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Build the config of ``model`` on ``dataset`` and :func:`run` it; the result record."""
+    return run(build_config(model, dataset, config_file_list, config_dict), saved=saved,
+               result_file=result_file, resume=resume, **options)
+
+
+def run(
+    config: Config,
+    saved: bool = True,
+    result_file: str | Path | None = None,
+    resume: str | Path | None = None,
     *,
+    export_dir: str | Path | None = None,
     callback_fn: Callable[[int, float, Any], None] | None = None,
     evaluate_test: bool = True,
     prebuilt_dataset: Any = None,
 ) -> dict[str, Any]:
-    """Train, validate and test ``model`` on ``dataset``; return the result record.
+    """Train, validate and test the run ``config`` describes; return the result record.
 
     The record (also written as JSON to ``result_file`` when given) holds the metrics under
     RecBole's names (``ndcg@20``, ``hit@20``, ...), dataset statistics, timings, peak memory
     and parameter counts. ``resume`` continues an interrupted run from its ``.last.pth`` file
     (or ``"latest"``: the newest one of this run in ``checkpoint_dir``: same model, dataset,
-    settings and vocabularies; see :mod:`recbole_perpeft.run_identity`).
+    settings and vocabularies; see :mod:`recbole_perpeft.run_identity`). ``export_dir``: the
+    tested model is also exported there (:func:`recbole_perpeft.checkpoint.export_model`).
 
     Hooks for hyperparameter search (:mod:`recbole_perpeft.tune`): ``callback_fn(epoch,
     valid_score, trainer)`` runs after every validation (``trainer.last_valid_result`` holds
     all metrics); ``evaluate_test=False`` skips the test split (``test_result`` is ``None``);
     ``prebuilt_dataset`` is a dataset object already built for the same data settings.
     """
-    config = build_config(model, dataset, config_file_list, config_dict)
-    seed_everything(config["seed"], config["reproducibility"])
+    is_writer = config["single_spec"] or config["local_rank"] == 0
+    if export_dir is not None and is_writer:
+        check_export_dir(export_dir)  # before training, not after it
     # RecBole creates these with check-then-mkdir; parallel ranks / trials would race on it.
     for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
         try:
@@ -143,42 +101,25 @@ def run_recbole_perpeft(
     logger = getLogger()
     logger.info(config)
 
-    if prebuilt_dataset is not None:
-        data = prebuilt_dataset
-        data.config = config  # the split (``build``) then follows this run's config
-    else:
-        data = create_dataset(config)
-    logger.info(data)
-    # Counted before the split: a sequential dataset's build() replaces its interactions by the
-    # augmented training rows.
-    dataset_stats = {"users": data.user_num - 1, "items": data.item_num - 1, "interactions": data.inter_num}
-    with unsharded_loaders(config):  # under DDP, batches are split by rows in the trainer
-        train_data, valid_data, test_data = data_preparation(config, data)
-
-    seed_everything(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_class = get_model(config["model"])
-    recommender = model_class(config, train_data._dataset).to(config["device"])
-    logger.info(recommender)
-
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
-    trainer.run_identity = run_identity(run_config_of(config), data)
+    built = build_run(config, dataset=prebuilt_dataset)
+    trainer, recommender = built.trainer, built.model
+    trainer.run_identity = run_identity(run_config_of(config), built.dataset)
     if resume:
-        trainer.resume_checkpoint(
-            find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume), train_data
-        )
+        trainer.resume_checkpoint(find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume),
+                                  built.train_data)
     epoch_callback = None
     if callback_fn is not None:
         def epoch_callback(epoch_idx: int, valid_score: float) -> None:
             callback_fn(epoch_idx, valid_score, trainer)
 
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"],
+        built.train_data, built.valid_data, saved=saved, show_progress=config["show_progress"],
         callback_fn=epoch_callback,
     )
     test_result = None
     if evaluate_test:
         test_result = trainer.evaluate(
-            test_data, load_best_model=saved, show_progress=config["show_progress"]
+            built.test_data, load_best_model=saved, show_progress=config["show_progress"]
         )
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
@@ -189,7 +130,7 @@ def run_recbole_perpeft(
         "seed": config["seed"],
         "device": str(config["device"]),
         "world_size": 1 if config["single_spec"] else int(config["world_size"]),
-        "dataset_stats": dataset_stats,
+        "dataset_stats": built.dataset_stats,
 
         "best_valid_score": float(best_valid_score),
         "best_valid_result": _plain(best_valid_result),
@@ -206,10 +147,13 @@ def run_recbole_perpeft(
     for source in (recommender, trainer):
         if hasattr(source, "report"):
             record.update(source.report())
+    if export_dir is not None and is_writer:
+        # The weights just tested: the best checkpoint's when saved, else the last epoch's.
+        record["export"] = str(export_model(recommender, built.train_data._dataset, config, export_dir))
+        logger.info(f"model exported to {export_dir}")
     if result_file:
         write_result(record, result_file)
         logger.info(f"result written to {result_file}")
-    is_writer = config["single_spec"] or config["local_rank"] == 0
     plots_dir = plots_dir_for(result_file, record["checkpoint"])
     if config["plots"] and is_writer and plots_dir is not None:
         record["plots"] = draw_plots(record, plots_dir, logger)

@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
-from recbole_perpeft.compat import load_checkpoint
+from recbole_perpeft.checkpoint import load_checkpoint
 from recbole_perpeft.config import dump_config_yaml
 from recbole_perpeft.errors import (
     CheckpointError,
@@ -45,9 +44,8 @@ from recbole_perpeft.errors import (
     InvalidHistoryError,
     UnknownItemError,
 )
-from recbole_perpeft.quick_start import build_config, create_dataset, seed_everything
+from recbole_perpeft.run import build_config, build_run
 from recbole_perpeft.run_identity import check_vocabulary
-from recbole_perpeft.utils import get_model
 
 __all__ = [
     "CheckpointError",
@@ -181,11 +179,9 @@ class Recommender:
             dump_config_yaml(settings, run_file)
             config = build_config(model_name, dataset_name, [str(run_file), *(config_files or [])], config_dict)
             config["device"] = chosen
-            seed_everything(config["seed"], config["reproducibility"])
-            data = create_dataset(config)
-            train_data, _, _ = data_preparation(config, data)
-            net = get_model(config["model"])(config, train_data._dataset).to(chosen)
-        check_vocabulary(path, state, train_data._dataset, users=hasattr(net, "group_of_user"))
+            built = build_run(config, with_trainer=False)
+        net = built.model
+        check_vocabulary(path, state, built.train_data._dataset, users=hasattr(net, "group_of_user"))
         try:
             net.load_state_dict(state["state_dict"])
         except RuntimeError as error:
@@ -195,7 +191,7 @@ class Recommender:
                 f"the training run?): {detail}"
             ) from error
         net.load_other_parameter(state.get("other_parameter"))
-        return cls(net, train_data._dataset, config)
+        return cls(net, built.train_data._dataset, config)
 
     # ---------------------------------------------------------------------- inputs
     def item_ids(self, history: Sequence[str]) -> list[int]:

@@ -32,6 +32,7 @@ NOT_SHAPING = frozenset({
     "eval_batch_size", "encode_batch_size", "gpu_id", "use_gpu", "device", "worker", "nproc", "world_size",
     "ip", "port", "offset", "local_rank", "log_wandb", "wandb_project", "save_dataset", "dataset_save_path",
     "save_dataloaders", "dataloaders_save_path", "metrics", "topk", "metric_decimal_place", "enable_amp",
+    "grouping_truth",
 })
 _SHORT = 8
 

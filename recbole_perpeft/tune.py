@@ -44,20 +44,13 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # name -> (Ray Tune function name, how the YAML value is read)
 #   "values": the value is the list of candidates
 #   "args":   a list of positional arguments or a mapping of keyword arguments
+_SAMPLED = ("uniform", "quniform", "loguniform", "qloguniform", "randint", "qrandint", "lograndint",
+            "qlograndint", "randn", "qrandn")
 DISTRIBUTIONS: dict[str, tuple[str, str]] = {
     "choice": ("choice", "values"),
     "grid": ("grid_search", "values"),
     "grid_search": ("grid_search", "values"),
-    "uniform": ("uniform", "args"),
-    "quniform": ("quniform", "args"),
-    "loguniform": ("loguniform", "args"),
-    "qloguniform": ("qloguniform", "args"),
-    "randint": ("randint", "args"),
-    "qrandint": ("qrandint", "args"),
-    "lograndint": ("lograndint", "args"),
-    "qlograndint": ("qlograndint", "args"),
-    "randn": ("randn", "args"),
-    "qrandn": ("qrandn", "args"),
+    **{name: (name, "args") for name in _SAMPLED},  # each named as Ray Tune names it
 }
 
 # Keys whose change alters the processed dataset: with one of them searched, every trial builds
@@ -251,17 +244,11 @@ def _best_row(frame, bigger: bool):
 
 def _evaluate_checkpoint(model: str, dataset: str, config_files, config_dict: dict, model_file: str) -> dict:
     """Test metrics of a trial's saved weights (loaded weights-only) in the driver."""
-    from recbole.data import data_preparation
-
-    from recbole_perpeft.quick_start import build_config, create_dataset, seed_everything
-    from recbole_perpeft.utils import get_model, get_trainer
+    from recbole_perpeft.run import build_config, build_run
 
     config = build_config(model, dataset, config_files, {**config_dict, "checkpoint_dir": tempfile.gettempdir()})
-    seed_everything(config["seed"], config["reproducibility"])
-    _, _, test_data = data_preparation(config, create_dataset(config))
-    recommender = get_model(config["model"])(config, test_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
-    result = trainer.evaluate(test_data, load_best_model=True, model_file=model_file, show_progress=False)
+    built = build_run(config)
+    result = built.trainer.evaluate(built.test_data, load_best_model=True, model_file=model_file, show_progress=False)
     return {key: float(value) for key, value in result.items()}
 
 
@@ -294,8 +281,9 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from recbole_perpeft.data.registry import HOME_ENV, perpeft_home
-    from recbole_perpeft.quick_start import build_config, close_log_handlers, create_dataset
+    from recbole_perpeft.cache import HOME_ENV, cache_root, perpeft_home
+    from recbole_perpeft.quick_start import close_log_handlers
+    from recbole_perpeft.run import build_config, build_run, create_dataset
     from recbole_perpeft.utils import get_model
 
     start = time.perf_counter()
@@ -323,7 +311,7 @@ def run_search(
     # Trials run in their own working directories: every path they read must be absolute.
     trial_fixed["data_path"] = str(Path(config["data_path"]).resolve().parent)
     if "cache_dir" in config.final_config_dict:
-        trial_fixed["cache_dir"] = str(Path(config["cache_dir"] or perpeft_home() / "cache").resolve())
+        trial_fixed["cache_dir"] = str(cache_root(config["cache_dir"]).resolve())
     home = str(perpeft_home().resolve())
     env_vars = {HOME_ENV: home}
     if not ray_address:
@@ -353,12 +341,8 @@ def run_search(
         )
         # Warm the on-disk caches (item content, IISAN states): building the model once fills
         # them, under their file locks, before any trial starts.
-        from recbole.data import data_preparation
-
         if "foundation_model" in trial_config.final_config_dict:
-            train_data, _, _ = data_preparation(trial_config, data)
-            get_model(model)(trial_config, train_data._dataset)
-            del train_data
+            build_run(trial_config, dataset=data, with_trainer=False)
         close_log_handlers()
 
         max_t = planned_epochs if "epochs" not in space else 10**6

@@ -9,7 +9,6 @@ runs a few rows as real processes, with default logging, to check nothing else r
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -35,12 +34,6 @@ PERPEFT = ["--model=PerPEFT", "--foundation_model=tiny-clip", "--epochs=1", "--s
 # the line of the first row whose timestamp is 52 (the rows above it are well formed)
 LINE_52 = 2 + next(i for i, line in enumerate(ROWS.splitlines()) if line.endswith("\t52"))
 
-# Values are checked by the run core's declarative rules (recbole_perpeft/config_rules.py, issue 14).
-# Until that module is present these rows are expected to fail, strictly: once it lands they run.
-needs_config_rules = pytest.mark.xfail(
-    importlib.util.find_spec("recbole_perpeft.config_rules") is None, strict=True,
-    reason="config values are validated by recbole_perpeft/config_rules.py (issue 14)",
-)
 # The converter's own argument and input checks are the lead's (issue 15 split); strict, so a fix is noticed.
 converter_fix_pending = pytest.mark.xfail(strict=True, reason="converter fix by the lead (issue 15 split)")
 
@@ -157,15 +150,15 @@ CASES = [
     Case("item: missing", _perpeft(dataset="mm_no_item"), "mm_no_item.item not found"),
     Case("item: empty", _perpeft(dataset="mm_empty_item"), "mm_empty_item.item: the item file is empty"),
     Case("item: header only", _perpeft(dataset="mm_header_item"), "mm_header_item.item: no item line"),
-    # config values
-    Case("--epochs=0", _good("--epochs=0"), "epochs", marks=(needs_config_rules,)),
-    Case("--epochs=abc", _good("--epochs=abc"), "epochs", marks=(needs_config_rules,)),
-    Case("--train_batch_size=0", _good("--train_batch_size=0"), "train_batch_size", marks=(needs_config_rules,)),
-    Case("--learning_rate=-1", _good("--learning_rate=-1"), "learning_rate", marks=(needs_config_rules,)),
-    Case("--peft_type=nonsense", _perpeft("--peft_type=nonsense"), "peft_type", marks=(needs_config_rules,)),
-    Case("--peft_config=hello", _perpeft("--peft_config=hello"), "peft_config", marks=(needs_config_rules,)),
+    # config values (checked by recbole_perpeft/config_rules.py as the config is built)
+    Case("--epochs=0", _good("--epochs=0"), "invalid configuration: epochs must be"),
+    Case("--epochs=abc", _good("--epochs=abc"), "invalid configuration: epochs must be"),
+    Case("--train_batch_size=0", _good("--train_batch_size=0"), "invalid configuration: train_batch_size must be"),
+    Case("--learning_rate=-1", _good("--learning_rate=-1"), "invalid configuration: learning_rate must be"),
+    Case("--peft_type=nonsense", _perpeft("--peft_type=nonsense"), "invalid configuration: peft_type must be"),
+    Case("--peft_config=hello", _perpeft("--peft_config=hello"), "invalid configuration: peft_config must be"),
     Case("--n_groups above the users", _perpeft("--n_groups=1000"), "n_groups=1000 is more than the 40 users"),
-    Case("--max_image_pixels=0", _perpeft("--max_image_pixels=0"), "max_image_pixels must be a positive integer"),
+    Case("--max_image_pixels=0", _perpeft("--max_image_pixels=0"), "invalid configuration: max_image_pixels must be"),
     # config files and flags
     Case("malformed --config_files YAML", lambda d, c: [*_good()(d, c), f"--config_files={d / 'broken.yaml'}"],
          "broken.yaml:3: invalid YAML (expected ',' or ']', but got '<stream end>'; while parsing a flow sequence "

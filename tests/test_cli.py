@@ -50,17 +50,10 @@ def test_checkpoint_is_weights_only_and_reproduces_test_metrics():
     assert {"state_dict", "optimizer", "epoch", "rng"} <= set(checkpoint)
     assert "config" not in checkpoint  # RecBole pickles its Config here; we must not
 
-    from recbole.data import data_preparation
-    from recbole.model.sequential_recommender import SASRec
+    from recbole_perpeft.run import build_config, build_run
 
-    from recbole_perpeft.quick_start import build_config, create_dataset
-    from recbole_perpeft.utils import get_trainer
-
-    config = build_config("SASRec", "ml-100k", config_dict={**SMALL_SEQ, "epochs": 1})
-    _, _, test_data = data_preparation(config, create_dataset(config))
-    model = SASRec(config, test_data._dataset)
-    trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, model)
-    reloaded = trainer.evaluate(test_data, load_best_model=True, model_file=record["checkpoint"])
+    built = build_run(build_config("SASRec", "ml-100k", config_dict={**SMALL_SEQ, "epochs": 1}))
+    reloaded = built.trainer.evaluate(built.test_data, load_best_model=True, model_file=record["checkpoint"])
     assert {k: float(v) for k, v in reloaded.items()} == record["test_result"]
 
 
@@ -114,7 +107,7 @@ def test_invalid_config_value_is_reported(capsys):
 
 
 def test_checkpoint_names_never_collide():
-    from recbole_perpeft.compat import unique_checkpoint_name
+    from recbole_perpeft.checkpoint import unique_checkpoint_name
 
     names = {unique_checkpoint_name("SASRec") for _ in range(200)}
     assert len(names) == 200

@@ -289,7 +289,7 @@ def test_existing_cache_served_from_read_only_root(
     def refuse(*_: object, **__: object) -> None:
         raise AssertionError("a valid cache must be served without writing or locking")
 
-    monkeypatch.setattr("recbole_perpeft.data.content_cache._ensure_writable", refuse)
+    monkeypatch.setattr("recbole_perpeft.cache.ensure_writable", refuse)
     proc = TinyProcessor()
     cache = build_or_load_content_cache(load(d), proc, root, show_progress=False)
     assert not cache.built and proc.tokenize_calls == 0

@@ -10,7 +10,7 @@ import torch
 from conftest import file_mode_for_umask
 
 from recbole_perpeft.atomic_write import atomic_open, atomic_write_text
-from recbole_perpeft.compat import atomic_torch_save, safe_load
+from recbole_perpeft.checkpoint import atomic_torch_save
 from recbole_perpeft.data.mmdemo import generate_mmdemo
 
 
@@ -29,7 +29,7 @@ def test_checkpoints_and_text_files_are_0644_under_umask_022(tmp_path, umask_022
     atomic_torch_save({"w": torch.ones(3)}, tmp_path / "saved" / "model.pth")
     atomic_write_text(tmp_path / "data.inter", "user_id:token\n")
     assert _mode(tmp_path / "saved" / "model.pth") == 0o644 and _mode(tmp_path / "data.inter") == 0o644
-    assert torch.equal(safe_load(tmp_path / "saved" / "model.pth")["w"], torch.ones(3))
+    assert torch.equal(torch.load(tmp_path / "saved" / "model.pth", weights_only=True)["w"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.inter", "saved"]  # no temporary left
 
 

@@ -28,7 +28,8 @@ def _run(data_path, **overrides):
 def test_stage_schedule_groups_users_and_reports_per_group(small_data):
     record = _run(small_data)
     assert all(math.isfinite(v) for v in record["test_result"].values())
-    assert record["train_loss"][-1] < record["train_loss"][0]
+    # within the personalised stage (its group-pool negatives make the loss harder than the global stage's)
+    assert record["train_loss"][2] < record["train_loss"][1]
     groups = record["groups"]
     assert groups["personalised"] and 2 <= groups["formed"] <= 3
     assert sum(groups["sizes"]) == record["dataset_stats"]["users"]
@@ -62,34 +63,25 @@ def test_same_seed_same_metrics(small_data):
 
 def test_save_reload_evaluate_gives_identical_metrics(small_data):
     record = _run(small_data)
-    from recbole.data import data_preparation
-
-    from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import build_config, create_dataset
+    from recbole_perpeft.run import build_config, build_run
     from recbole_perpeft.trainer import PerPEFTTrainer
 
     config = build_config("PerPEFT", "mmsmall", config_dict={**SMALL, "data_path": small_data})
-    _, _, test_data = data_preparation(config, create_dataset(config))
-    model = PerPEFT(config, test_data._dataset)
-    assert not bool(model.personalised)
-    trainer = PerPEFTTrainer(config, model)
-    reloaded = trainer.evaluate(test_data, load_best_model=True, model_file=record["checkpoint"])
+    built = build_run(config)
+    assert not bool(built.model.personalised) and isinstance(built.trainer, PerPEFTTrainer)
+    reloaded = built.trainer.evaluate(built.test_data, load_best_model=True, model_file=record["checkpoint"])
     assert {k: float(v) for k, v in reloaded.items()} == record["test_result"]
 
 
 @pytest.mark.parametrize("peft_type", ["lora", "ia3", "iisan"])
 def test_backend_trains_only_its_own_weights(small_data, peft_type):
-    from recbole.data import data_preparation
-
-    from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import build_config, create_dataset
+    from recbole_perpeft.run import build_config, build_run
 
     config = build_config(
         "PerPEFT", "mmsmall", config_dict={**SMALL, "data_path": small_data, "peft_type": peft_type}
     )
-    train_data, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(0)
-    model = PerPEFT(config, train_data._dataset)
+    built = build_run(config, with_trainer=False)
+    train_data, model = built.train_data, built.model
     encoder = model.items.encoder
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     group0 = [p.detach().clone() for p in model.items.group_parameters(0)]

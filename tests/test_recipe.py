@@ -8,7 +8,8 @@ import torch
 from conftest import TINY_PERPEFT
 
 from recbole_perpeft.data.mmdemo import generate_mmdemo
-from recbole_perpeft.quick_start import build_config, run_recbole_perpeft
+from recbole_perpeft.quick_start import run_recbole_perpeft
+from recbole_perpeft.run import build_config
 
 SMALL = {**TINY_PERPEFT, "loss_type": "sampled_softmax", "num_negatives": 32}
 
@@ -28,7 +29,7 @@ def _model_and_data(data_path, **overrides):
     from recbole.data import data_preparation
 
     from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import create_dataset
+    from recbole_perpeft.run import create_dataset
 
     config = _config(data_path, **overrides)
     train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
@@ -128,7 +129,7 @@ def test_group_selection_serves_each_group_its_best_epoch(small_data):
     from recbole.data import data_preparation
 
     from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import create_dataset
+    from recbole_perpeft.run import create_dataset
     from recbole_perpeft.trainer import PerPEFTTrainer
 
     config = _config(small_data, epochs=4, warmup_epochs=2, model_selection="group", learning_rate=5e-3)
@@ -144,7 +145,7 @@ def test_served_groups_reproduce_their_kept_validation_scores(small_data):
     from recbole.data import data_preparation
 
     from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.quick_start import create_dataset
+    from recbole_perpeft.run import create_dataset
     from recbole_perpeft.trainer import PerPEFTTrainer
 
     config = _config(small_data, epochs=4, warmup_epochs=2, model_selection="group", learning_rate=5e-3)

@@ -245,7 +245,7 @@ def test_cli_bad_inputs_are_one_line_and_exit_2(trained, tmp_path, capsys):
 def test_recbole_model_ranks_as_in_its_own_evaluation(trained, sasrec_checkpoint, model):
     from recbole.data import data_preparation
 
-    from recbole_perpeft.quick_start import create_dataset
+    from recbole_perpeft.run import create_dataset
 
     checkpoint = sasrec_checkpoint if model == "SASRec" else _train_baseline(trained, model)
     recommender = Recommender.from_checkpoint(checkpoint)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,18 +106,6 @@ def _field_index(header: list[str], name: str) -> int | None:
         if column.split(":", 1)[0] == name:
             return i
     return None
-
-
-def ensure_writable_dir(folder: Path) -> None:
-    """Create ``folder`` and prove it is writable by writing a probe file; raises ``OSError``.
-
-    Checked by writing rather than with ``os.access``, which answers True for root and ignores
-    read-only mounts.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
-    os.close(fd)
-    os.unlink(probe)
 
 
 def _read_lines(path: Path) -> tuple[list[str], list[int]]:

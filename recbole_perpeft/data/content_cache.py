@@ -8,9 +8,9 @@ Layout: ``cache_root/<key>/{input_ids,attention_mask,pixel_values,has_title,has_
 plus ``meta.json``, written last, which records every file's shape and dtype so that a damaged
 cache (missing or truncated file, wrong shape) is detected on load and rebuilt.
 
-Concurrency: the build runs under a ``filelock.FileLock`` (``cache_root/<key>.lock``) in a
-temporary directory next to the target that is published with one atomic ``os.rename``; a
-second process waiting on the lock finds the finished cache and reuses it.
+Building, publishing, locking and damage handling are :func:`recbole_perpeft.cache.build_once`'s:
+the build runs under a file lock in a temporary folder published with one rename; a second
+process waiting on the lock finds the finished cache and reuses it.
 """
 
 from __future__ import annotations
@@ -19,19 +19,17 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 from PIL import Image
 from tqdm import tqdm
 
-from recbole_perpeft.data.content import ItemContent, ensure_writable_dir
+from recbole_perpeft.cache import CacheNotWritableError, build_once
+from recbole_perpeft.data.content import ItemContent
 from recbole_perpeft.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     TOO_MANY_PIXELS,
@@ -48,10 +46,6 @@ _META = "meta.json"
 # Decoded pixels held at once before they go to the processor: a batch of large (but allowed)
 # images is processed in several calls rather than all decoded together.
 _PIXEL_BUDGET = 64_000_000
-
-
-class CacheNotWritableError(PermissionError):
-    """The cache root cannot be created or written to (the message names the path)."""
 
 
 @dataclass
@@ -150,17 +144,6 @@ def _load(path: Path, key: str, processor: ItemProcessor, n_items: int) -> Conte
     return ContentCache(
         key=key, path=path, tensors=tensors, built=False, report=meta.get("report", {})
     )
-
-
-def _ensure_writable(cache_root: Path) -> None:
-    """Create ``cache_root`` and prove it is writable, or raise :class:`CacheNotWritableError`."""
-    try:
-        ensure_writable_dir(cache_root)
-    except OSError as err:
-        raise CacheNotWritableError(
-            f"content cache directory {cache_root} is not writable ({err.strerror or err}); "
-            "choose another cache directory or fix its permissions"
-        ) from err
 
 
 def _store_processed(
@@ -320,55 +303,38 @@ def build_or_load_content_cache(
     """Return the processed arrays of ``content``, building them once under ``cache_root``.
 
     Rebuilds when titles, image files (path, size, mtime), masks, the processor's fingerprint or
-    the format version change, and when the existing cache is damaged (after a warning).
-    An image whose header announces more than ``max_image_pixels`` pixels is never decoded: it is
-    counted (``report["image_too_many_pixels"]``) and its item treated as image-less (``None``:
+    the format version change, and when the existing cache is damaged (after a warning). Built
+    and published by :func:`recbole_perpeft.cache.build_once`. An image whose header announces more
+    than ``max_image_pixels`` pixels is never decoded: it is counted
+    (``report["image_too_many_pixels"]``) and its item treated as image-less (``None``:
     :data:`~recbole_perpeft.data.images.DEFAULT_MAX_IMAGE_PIXELS`).
     """
     log = logger or logging.getLogger(__name__)
     max_image_pixels = check_max_pixels(max_image_pixels)
-    cache_root = Path(cache_root)
     key = cache_key(content, processor, max_image_pixels)
-    target = cache_root / key
+    target = Path(cache_root) / key
     n = len(content)
+    reports: list[dict[str, Any]] = []
 
-    # Fast path without the lock: a published cache never changes (rename is atomic), and a
-    # read-only cache root still serves an existing cache.
-    if (target / _META).is_file():
+    def problem_with(folder: Path) -> str | None:
         try:
-            cache = _load(target, key, processor, n)
-            log.info("content cache reused: %s", target)
-            return cache
-        except ValueError:
-            pass  # damaged: handled under the lock below
+            _load(folder, key, processor, n)
+        except ValueError as err:
+            return str(err)
+        return None
 
-    _ensure_writable(cache_root)
-    with FileLock(os.fspath(cache_root / f"{key}.lock")):
-        if target.exists():
-            try:
-                cache = _load(target, key, processor, n)
-                log.info("content cache reused: %s (built by another process)", target)
-                return cache
-            except ValueError as err:
-                log.warning("content cache %s is damaged (%s); rebuilding", target, err)
-                trash = cache_root / f".{key}.trash-{uuid.uuid4().hex}"
-                os.rename(target, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-        # Leftovers of a crashed build of this key: nobody else can be building it (we hold the lock).
-        for stale in cache_root.glob(f".{key}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = cache_root / f".{key}.tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            report = _build(
-                tmp, key, content, processor, batch_size, show_progress, log, max_image_pixels
-            )
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    def build(folder: Path) -> None:
+        reports.append(_build(folder, key, content, processor, batch_size, show_progress, log, max_image_pixels))
+
+    built = build_once(target, problem_with, build, report_damage=log.warning)
     cache = _load(target, key, processor, n)
-    cache.built = True
-    cache.report = report
-    log.info("content cache built: %s (%d items)", target, n - 1)
+    if built:
+        cache.built = True
+        cache.report = reports[0]
+        log.info("content cache built: %s (%d items)", target, n - 1)
+    else:
+        log.info("content cache reused: %s", target)
     return cache
+
+
+__all__ = ["CacheNotWritableError", "ContentCache", "build_or_load_content_cache", "cache_key"]

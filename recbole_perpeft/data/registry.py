@@ -6,20 +6,16 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from recbole_perpeft.data.content import ensure_writable_dir
+from recbole_perpeft.cache import ensure_writable, perpeft_home
 from recbole_perpeft.data.mmdemo import generate_mmdemo
 from recbole_perpeft.errors import DatasetNotFoundError
 
 __all__ = ["DatasetNotFoundError", "list_datasets", "resolve_dataset_dir"]
 
 EMBEDDED_DATASETS = ("ml-100k", "mmdemo")
-HOME_ENV = "RECBOLE_PERPEFT_HOME"
-
-
 
 
 @dataclass(frozen=True)
@@ -43,12 +39,6 @@ PAPER_DATASETS: dict[str, PaperDataset] = {
 }
 
 
-def perpeft_home() -> Path:
-    """``$RECBOLE_PERPEFT_HOME`` or ``~/.cache/recbole_perpeft``."""
-    env = os.environ.get(HOME_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "recbole_perpeft"
-
-
 def recbole_ml100k_dir() -> Path:
     """The ml-100k copy shipped inside RecBole's wheel (never downloaded)."""
     import recbole
@@ -62,7 +52,7 @@ def _has_dataset(folder: Path, name: str) -> bool:
 
 def _writable(folder: Path) -> bool:
     try:
-        ensure_writable_dir(folder)
+        ensure_writable(folder)
         return True
     except OSError:
         return False

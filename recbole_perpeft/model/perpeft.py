@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from copy import deepcopy
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,15 +13,13 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_perpeft.cache import cache_root
 from recbole_perpeft.data.dataset import MultimodalSequentialDataset
-from recbole_perpeft.data.registry import perpeft_home
 from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.group_modules import GroupItemRepresentation
 from recbole_perpeft.model.group_negatives import GroupNegativeSampler
 from recbole_perpeft.model.grouping import Grouping
 
-LOSS_TYPES = ("BCE", "CE", "sampled_softmax")
-MODEL_SELECTIONS = ("group", "stage")
 # The parts of the model every group shares while training (the rest is per group).
 BACKBONE_PARTS = ("item_embedding", "position_embedding", "layer_norm", "trm_encoder")
 
@@ -58,17 +55,11 @@ class PerPEFT(SequentialRecommender):
         # The reference scales item inputs by sqrt(h) before adding positions (SASRec's paper).
         self.input_scale = math.sqrt(self.hidden_size) if config["scale_item_inputs"] else 1.0
         self.n_users = dataset.user_num
-        if self.loss_type not in LOSS_TYPES:
-            raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
-        if not isinstance(self.n_groups, int) or self.n_groups < 1:
-            raise ConfigError(f"n_groups must be a positive integer, got {self.n_groups!r}")
         if self.n_groups > self.n_users - 1:  # each group holds its own modules: refuse before building them
             raise ConfigError(
                 f"n_groups={self.n_groups} is more than the {self.n_users - 1} users of dataset "
                 f"'{config['dataset']}'; choose n_groups between 1 (global PEFT) and {self.n_users - 1}"
             )
-        if self.train_unit not in ("user", "window", "prefix"):
-            raise ConfigError(f"train_unit must be 'user', 'window' or 'prefix', got '{self.train_unit}'")
 
         # The shared SASRec backbone.
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -108,8 +99,6 @@ class PerPEFT(SequentialRecommender):
         # Per-group model selection serves each group with the backbone of the epoch kept for
         # it (recbole_perpeft.trainer.selection): one frozen copy per group, filled after training.
         self.model_selection = config["model_selection"]
-        if self.model_selection not in MODEL_SELECTIONS:
-            raise ConfigError(f"model_selection must be one of {MODEL_SELECTIONS}, got '{self.model_selection}'")
         self.served: nn.ModuleList | None = None
         if self.model_selection == "group" and self.n_groups > 1:
             self.served = nn.ModuleList(self._backbone_copy() for _ in range(self.n_groups))
@@ -375,12 +364,12 @@ def build_item_encoder(config, dataset, n_groups: int):
     from recbole_perpeft.encoders import build_foundation_encoder
     from recbole_perpeft.peft_backends import build_grouped_encoder
 
-    cache_root = Path(config["cache_dir"]) if config["cache_dir"] else perpeft_home() / "cache"
+    caches = cache_root(config["cache_dir"])
     foundation = build_foundation_encoder(config["foundation_model"], seed=config["seed"])
     content = build_or_load_content_cache(
         dataset.item_content,
         foundation.processor,
-        cache_root / "content",
+        caches / "content",
         show_progress=config["show_progress"],
         logger=dataset.logger,
         max_image_pixels=config["max_image_pixels"],
@@ -392,7 +381,7 @@ def build_item_encoder(config, dataset, n_groups: int):
         content.tensors,
         content.key,
         peft_config=config["peft_config"],
-        cache_dir=cache_root / "encoders",
+        cache_dir=caches / "encoders",
         show_progress=config["show_progress"],
         seed=config["seed"],
     ).to(config["device"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,6 +49,13 @@ class GroupedItemEncoder(nn.Module, ABC):
 
     def trainable_parameters_per_group(self) -> int:
         return sum(p.numel() for p in self.group_parameters(0))
+
+    def export_group(self, group: int, folder: Path) -> None:
+        """Write ``group``'s encoder module into the existing ``folder`` in its ecosystem's format.
+
+        A backend without per-group weights writes nothing.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot export its groups")
 
     @abstractmethod
     def foundation_parameter_count(self) -> int:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recbole_perpeft.cache import build_once
 from recbole_perpeft.encoders.base import FoundationEncoder
 
 CONTENT_KEYS = ("input_ids", "attention_mask", "pixel_values", "has_title", "has_image")
-
-
-def default_cache_dir() -> Path:
-    """``$RECBOLE_PERPEFT_CACHE`` or ``~/.cache/recbole_perpeft``."""
-    return Path(os.environ.get("RECBOLE_PERPEFT_CACHE", "~/.cache/recbole_perpeft")).expanduser()
 
 
 class ItemContentStore:
@@ -100,10 +93,10 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_cache(path: Path, key: str, specs: dict[str, tuple[tuple[int, ...], str]], verify: bool) -> str | None:
-    """``None`` if the cache at ``path`` is complete and intact, else why not ("missing" if absent)."""
-    if not path.exists():
-        return "missing"
+def _problem_with_cache(
+    path: Path, key: str, specs: dict[str, tuple[tuple[int, ...], str]], verify: bool
+) -> str | None:
+    """``None`` if the cache at ``path`` is complete and intact, else what is wrong with it."""
     meta_file = path / "meta.json"
     try:
         meta = json.loads(meta_file.read_text())
@@ -136,43 +129,27 @@ def cached_arrays(
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Read-only memory maps of the arrays cached under ``root/key``, building them if needed.
 
-    ``fill`` receives writable ``.npy`` memory maps of the requested shapes and fills them. The
-    build goes to a temporary directory next to the target, gets a ``meta.json`` with checksums
-    last, and is published by one rename, all under a file lock: concurrent runs build once,
-    readers never see half a cache. A damaged cache is detected (shape, dtype, checksum) and
-    rebuilt with a warning. Returns ``(arrays, built)``.
+    ``fill`` receives writable ``.npy`` memory maps of the requested shapes and fills them; a
+    ``meta.json`` with checksums is written last. Locking, publishing and rebuilding a damaged
+    cache (shape, dtype, checksum; with a warning) are :func:`recbole_perpeft.cache.build_once`'s.
+    Returns ``(arrays, built)``.
     """
-    from filelock import FileLock
+    final = Path(root) / key
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / key
-    built = False
-    with FileLock(str(final) + ".lock"):
-        problem = _check_cache(final, key, specs, verify)
-        if problem is not None:
-            if problem != "missing":
-                warnings.warn(f"cache {final} is damaged ({problem}); rebuilding it", stacklevel=3)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
-            try:
-                arrays = {
-                    name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-                    for name, (shape, dtype) in specs.items()
-                }
-                fill(arrays)
-                for arr in arrays.values():
-                    arr.flush()
-                del arrays
-                digests = {name: _file_digest(tmp / f"{name}.npy") for name in specs}
-                info = {"key": key, "digests": digests, "specs": {k: [list(s), d] for k, (s, d) in specs.items()}}
-                (tmp / "meta.json").write_text(json.dumps({**(meta or {}), **info}, indent=1, default=str))
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            built = True
+    def build(folder: Path) -> None:
+        arrays = {
+            name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+            for name, (shape, dtype) in specs.items()
+        }
+        fill(arrays)
+        for arr in arrays.values():
+            arr.flush()
+        del arrays
+        digests = {name: _file_digest(folder / f"{name}.npy") for name in specs}
+        info = {"key": key, "digests": digests, "specs": {k: [list(s), d] for k, (s, d) in specs.items()}}
+        (folder / "meta.json").write_text(json.dumps({**(meta or {}), **info}, indent=1, default=str))
+
+    built = build_once(final, lambda folder: _problem_with_cache(folder, key, specs, verify), build)
     return {name: np.load(final / f"{name}.npy", mmap_mode="r") for name in specs}, built
 
 

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from recbole_perpeft.cache import cache_root
 from recbole_perpeft.encoders.base import FoundationEncoder
 from recbole_perpeft.encoders.processors import stable_hash
 from recbole_perpeft.peft_backends.base import GroupedItemEncoder
 from recbole_perpeft.peft_backends.common import (
     ItemContentStore,
     cached_arrays,
-    default_cache_dir,
 )
 
 _CACHE_VERSION = "frozen-features-v1"
@@ -49,7 +49,7 @@ class FrozenGroupedEncoder(GroupedItemEncoder):
         self.n_items = store.n_items
         self._foundation_params = foundation.base_parameter_count()
         self.cache_key = stable_hash({"v": _CACHE_VERSION, "content": content_key, "model": foundation.fingerprint()})
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root = Path(cache_dir) if cache_dir is not None else cache_root() / "encoders"
 
         @torch.no_grad()
         def fill(out: dict[str, np.ndarray]) -> None:
@@ -86,6 +86,9 @@ class FrozenGroupedEncoder(GroupedItemEncoder):
     def group_parameters(self, group: int) -> Iterator[nn.Parameter]:
         self.check_group(group)
         return iter(())
+
+    def export_group(self, group: int, folder: Path) -> None:
+        self.check_group(group)  # no per-group weights: the frozen model is the foundation model itself
 
     def foundation_parameter_count(self) -> int:
         return self._foundation_params

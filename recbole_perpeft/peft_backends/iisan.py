@@ -26,6 +26,7 @@ Items lacking an image (title) get zero image (text) states and a zero image (te
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,13 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_perpeft.cache import cache_root
 from recbole_perpeft.encoders.base import FoundationEncoder
 from recbole_perpeft.encoders.processors import stable_hash
 from recbole_perpeft.peft_backends.base import GroupedItemEncoder
 from recbole_perpeft.peft_backends.common import (
     ItemContentStore,
     cached_arrays,
-    default_cache_dir,
     select_layers,
     unique_rows,
 )
@@ -177,7 +178,7 @@ class IISANGroupedEncoder(GroupedItemEncoder):
             {"v": _CACHE_VERSION, "content": content_key, "model": foundation.fingerprint(), "layers": layers}
         )
         specs = {m: ((self.n_items, n_states, widths[m]), "float16") for m in widths}
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root = Path(cache_dir) if cache_dir is not None else cache_root() / "encoders"
         arrays, self.cache_built = cached_arrays(
             root / "iisan",
             self.cache_key,
@@ -244,6 +245,15 @@ class IISANGroupedEncoder(GroupedItemEncoder):
 
     def group_parameters(self, group: int) -> Iterator[nn.Parameter]:
         return self.side_nets[self.check_group(group)].parameters()
+
+    def export_group(self, group: int, folder: Path) -> None:
+        """``side_network.safetensors`` (the group's side network) and ``iisan_config.json``."""
+        from safetensors.torch import save_file
+
+        state = self.side_nets[self.check_group(group)].state_dict()
+        tensors = {name: value.detach().cpu().contiguous() for name, value in state.items()}
+        save_file(tensors, str(folder / "side_network.safetensors"))
+        (folder / "iisan_config.json").write_text(json.dumps({"options": self.config, "layers": self.layers}, indent=1))
 
     def foundation_parameter_count(self) -> int:
         return self._foundation_params

@@ -11,7 +11,11 @@ every group stays trainable and in the optimiser.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -235,6 +239,19 @@ class PeftGroupedEncoder(GroupedItemEncoder):
         with torch.no_grad():
             for key, tensor in state.items():
                 dst[key].copy_(tensor)
+
+    def export_group(self, group: int, folder: Path) -> None:
+        """A peft adapter folder (``adapter_config.json``, ``adapter_model.safetensors``).
+
+        Load it with ``PeftModel.from_pretrained(foundation_model, folder)`` on the same
+        foundation model: the encoder then computes this group's item features.
+        """
+        name = group_name(self.check_group(group))
+        with tempfile.TemporaryDirectory() as scratch:
+            # peft writes a named adapter into a sub-folder of that name, and a model card beside it.
+            self.peft_model.save_pretrained(scratch, selected_adapters=[name], save_embedding_layers=False)
+            for entry in (Path(scratch) / name).iterdir():
+                shutil.move(os.fspath(entry), os.fspath(folder / entry.name))
 
     def foundation_parameter_count(self) -> int:
         return self._foundation_params

@@ -18,7 +18,6 @@ from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
 from recbole.utils import calculate_valid_score
 
-from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.grouping import (
     Grouping,
     cluster_users,
@@ -29,9 +28,6 @@ from recbole_perpeft.model.grouping import (
 )
 from recbole_perpeft.trainer.safe import SafeTrainerMixin
 from recbole_perpeft.trainer.selection import GroupSelection, per_user_metric
-
-BATCH_MODES = ("group", "mixed")
-GROUPING_SEQUENCES = ("train", "train_valid")
 
 
 class GroupAwareEvaluator:
@@ -73,12 +69,6 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self.batch_mode = config["batch_mode"]
         self.grouping_sequence = config["grouping_sequence"]
         self.min_group_size = config["min_group_size"] or 1
-        if self.batch_mode not in BATCH_MODES:
-            raise ConfigError(f"batch_mode must be one of {BATCH_MODES}, got '{self.batch_mode}'")
-        if self.grouping_sequence not in GROUPING_SEQUENCES:
-            raise ConfigError(
-                f"grouping_sequence must be one of {GROUPING_SEQUENCES}, got '{self.grouping_sequence}'"
-            )
         if model.n_groups > 1 and self.warmup_epochs >= self.epochs:
             self.logger.warning(
                 f"warmup_epochs={self.warmup_epochs} >= epochs={self.epochs}: users are never grouped, "
@@ -104,10 +94,6 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self.group_valid_history: dict[str, dict[str, dict[str, float]]] = {}
 
     # ---------------------------------------------------------------- schedule
-    def set_grouping_data(self, eval_data) -> None:
-        """The split whose input sequences represent users: valid (train items) or test (+ valid item)."""
-        self._grouping_data = eval_data
-
     def _stage_hooks(self, epoch_idx: int) -> None:
         model = self.model
         if model.n_groups == 1:
@@ -126,7 +112,7 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
     def user_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each user's last hidden state over their sequence, under their current group."""
         if self._grouping_data is None:
-            raise RuntimeError("grouping needs the validation (or test) data: call fit() with valid_data")
+            raise RuntimeError("grouping needs the validation data: call fit() with valid_data")
         model = self.model
         was_training = model.training
         model.eval()
@@ -134,10 +120,11 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         for batch in self._grouping_data:
             interaction = batch[0].to(self.device)
             batch_users = interaction[model.USER_ID]
+            item_seq, item_seq_len = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
+            if self.grouping_sequence == "train_valid":
+                item_seq, item_seq_len = append_item(item_seq, item_seq_len, interaction[model.ITEM_ID])
             reps.append(
-                model.user_representation(
-                    interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], model.group_of(batch_users)
-                ).float().cpu()
+                model.user_representation(item_seq, item_seq_len, model.group_of(batch_users)).float().cpu()
             )
             users.append(batch_users.cpu())
         model.train(was_training)
@@ -288,7 +275,9 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         return score, result
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        self._grouping_data = valid_data if self.grouping_sequence == "train" else None
+        # Validation rows hold each user's training items; with ``train_valid`` the row's target
+        # (the validation item) is appended (see user_representations).
+        self._grouping_data = valid_data
         self._valid_data = valid_data
         self._train_rows = train_data
         finished_before = self.start_epoch >= self.epochs
@@ -366,6 +355,19 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
             report["served"] = self.stage_best.get("served")
             report["groups"] = self.selection.report(self.kept_epochs, self.warmup_epochs)
         return report
+
+
+def append_item(item_seq: torch.Tensor, item_seq_len: torch.Tensor, items: torch.Tensor):
+    """Each row's sequence with ``items[row]`` appended; a full row drops its oldest item.
+
+    Applied to the validation rows, this gives the test rows' input sequences (training items
+    plus the validation item), as RecBole builds them.
+    """
+    full = item_seq_len >= item_seq.size(1)
+    extended = torch.where(full.unsqueeze(1), item_seq.roll(-1, dims=1), item_seq.clone())
+    position = torch.where(full, item_seq_len - 1, item_seq_len)
+    extended[torch.arange(len(item_seq), device=item_seq.device), position] = items
+    return extended, position + 1
 
 
 class _RowBatches:

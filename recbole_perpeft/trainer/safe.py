@@ -11,63 +11,21 @@
 from __future__ import annotations
 
 import os
-import random
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
-from recbole_perpeft.compat import atomic_torch_save, load_checkpoint, unique_checkpoint_name
-from recbole_perpeft.config import run_config_of
+from recbole_perpeft.checkpoint import (
+    atomic_torch_save,
+    load_checkpoint,
+    model_checkpoint,
+    resume_file_of,
+    set_rng_states,
+    unique_checkpoint_name,
+)
 from recbole_perpeft.errors import TrainingDivergedError
 from recbole_perpeft.run_identity import check_resume_identity, check_vocabulary
-
-CHECKPOINT_FORMAT = 1
-
-
-def _numpy_rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "kind": kind,
-        "keys": torch.from_numpy(keys.astype(np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached": float(cached),
-    }
-
-
-def _set_numpy_rng_state(state: dict[str, Any]) -> None:
-    np.random.set_state(
-        (
-            state["kind"],
-            state["keys"].numpy().astype(np.uint32),
-            state["pos"],
-            state["has_gauss"],
-            state["cached"],
-        )
-    )
-
-
-def rng_states() -> dict[str, Any]:
-    """Every random state a training run draws from, as weights-only-loadable values."""
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": _numpy_rng_state(),
-        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    _set_numpy_rng_state(states["numpy"])
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class SafeTrainerMixin:
@@ -168,30 +126,18 @@ class SafeTrainerMixin:
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
-        """What a checkpoint holds: weights, optimiser, progress and RNG states; no code."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.config["model"],
-            "epoch": int(epoch),
-            "cur_step": int(self.cur_step),
-            "best_valid_score": float(self.best_valid_score),
-            "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": rng_states(),
-            # Plain builtins: what ``recbole_perpeft.recommend`` needs to rebuild the run, and
-            # what identifies it (recbole_perpeft.run_identity).
-            "run_config": {
-                **run_config_of(self.config),
-                **({"identity": dict(self.run_identity)} if self.run_identity else {}),
-            },
-        }
+        """What a checkpoint holds (recbole_perpeft.checkpoint): weights, optimiser, progress, RNG; no code.
+
+        Its run config carries the run's identity (recbole_perpeft.run_identity) once the run set it.
+        """
+        return model_checkpoint(self.config, self.model, self.optimizer, epoch, self.cur_step, self.best_valid_score,
+                                identity=self.run_identity)
 
     # ------------------------------------------------------------- resuming
     @property
     def resume_file(self) -> str:
         """The file holding the state after the last completed epoch (``--resume``)."""
-        return self.saved_model_file[: -len(".pth")] + ".last.pth"
+        return resume_file_of(self.saved_model_file)
 
     def extra_state(self) -> dict[str, Any]:
         """Trainer state beyond RecBole's, for subclasses to extend."""

@@ -1,0 +1,350 @@
+"""Checkpoints: what a saved run holds, how it is named, written and read, and how it is exported.
+
+A checkpoint is one ``torch.save`` file of tensors and builtins only, loaded with
+``torch.load(..., weights_only=True)``: no pickled code from a checkpoint is ever executed
+(RecBole pickles its whole ``Config`` instead, which PyTorch >= 2.6 refuses to load).
+
+=====================  =====================================================================
+key                    what it holds
+=====================  =====================================================================
+``format``             :data:`CHECKPOINT_FORMAT`
+``model``              the model's class name
+``epoch``              the last completed epoch; ``cur_step``, ``best_valid_score`` (progress)
+``state_dict``         the model's weights and buffers; ``other_parameter`` (RecBole's extras)
+``optimizer``          the optimiser's state
+``rng``                every random state training draws from (:func:`rng_states`)
+``run_config``         the run's model, dataset and final settings (:func:`run_config_of`)
+=====================  =====================================================================
+
+A resume file (``<best checkpoint>.last.pth``, written after every epoch) adds the trainer's
+bookkeeping: ``best_checkpoint``, ``best_valid_result``, ``train_loss``, ``train_epoch_seconds``,
+``valid_seconds``, ``valid_scores``, ``extra`` (a trainer subclass's state) and
+``rng["train_loader"]``.
+
+What identifies a run (which settings and data make two runs "the same run") is
+``run_config["identity"]``: model, dataset, a fingerprint of the settings that shape model and
+data, and fingerprints of the item and user vocabularies (:mod:`recbole_perpeft.run_identity`,
+which also picks the file ``--resume`` continues and refuses weights trained on other item ids).
+
+:func:`export_model` writes a trained model in the ecosystem's own formats (peft adapter folders,
+safetensors, plain text tables) for use without this plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recbole_perpeft.atomic_write import atomic_open
+from recbole_perpeft.cache import staged_folder
+from recbole_perpeft.errors import CheckpointError, ConfigError
+
+CHECKPOINT_FORMAT = 1
+EXPORT_FORMAT = 1
+RESUME_SUFFIX = ".last.pth"
+
+
+# --------------------------------------------------------------------------------------- names
+def unique_checkpoint_name(model_name: str) -> str:
+    """A checkpoint file name that two runs started in the same second never share.
+
+    (RecBole names checkpoints by the second only: parallel trials overwrite each other.)
+    """
+    from recbole.utils import get_local_time
+
+    return f"{model_name}-{get_local_time()}-{os.getpid()}-{secrets.token_hex(3)}.pth"
+
+
+def resume_file_of(checkpoint_file: str | os.PathLike) -> str:
+    """The resume file that goes with a best-model checkpoint file."""
+    return str(checkpoint_file)[: -len(".pth")] + RESUME_SUFFIX
+
+
+# ------------------------------------------------------------------------------ writing, reading
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` to ``path`` so a crash never leaves a truncated file under that name.
+
+    The file gets the usual permissions (0644 under umask 022; see recbole_perpeft.atomic_write).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb", fsync=True) as handle:
+        torch.save(obj, handle)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", *, model_name: str | None = None
+) -> dict[str, Any]:
+    """A checkpoint's contents, loaded weights-only; every failure is a one-line :class:`CheckpointError`.
+
+    With ``model_name``, a checkpoint of another model is refused too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path} is not a weights-only checkpoint (it holds objects other than tensors and builtins, "
+            f"which are never unpickled here): {first_line}"
+        ) from error
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {first_line}") \
+            from error
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"{path} is not a model checkpoint of this plugin (no 'state_dict')")
+    saved_model = state.get("model")
+    if model_name is not None and saved_model and str(saved_model).lower() != model_name.lower():
+        raise CheckpointError(f"{path} holds model '{saved_model}', not '{model_name}'")
+    return state
+
+
+def model_checkpoint(
+    config, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, cur_step: int, best_valid_score: float,
+    identity: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint of a model after ``epoch`` (see the module docstring for its keys).
+
+    ``identity`` (recbole_perpeft.run_identity.run_identity) goes into ``run_config["identity"]``.
+    """
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": config["model"],
+        "epoch": int(epoch),
+        "cur_step": int(cur_step),
+        "best_valid_score": float(best_valid_score),
+        "state_dict": model.state_dict(),
+        "other_parameter": model.other_parameter(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_states(),
+        "run_config": {**run_config_of(config), **({"identity": dict(identity)} if identity else {})},
+    }
+
+
+# ----------------------------------------------------------------------------------- run config
+_NOT_PLAIN = object()
+
+# Keys Config derives on every build. Given back as settings they would contradict it:
+# ``local_rank`` starts DDP, a processed ``*_neg_sample_args`` clashes with the CE loss check.
+_DERIVED_KEYS = frozenset({
+    "model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "local_rank",
+    "single_spec", "dist_backend", "valid_metric_bigger", "valid_neg_sample_args",
+    "test_neg_sample_args", "eval_neg_sample_args",
+})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain builtins (JSON-like), or ``_NOT_PLAIN``.
+
+    NumPy scalars become Python ones: ``np.float64`` passes ``isinstance(x, float)`` but a
+    weights-only load refuses it.
+    """
+    if value is None or isinstance(value, bool):
+        return None if value is None else bool(value)
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return _NOT_PLAIN
+        entries = {str(k): _plain(v) for k, v in value.items()}
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in entries.values()) else entries
+    return _NOT_PLAIN
+
+
+def run_config_of(config) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its run: model, dataset and the run's final settings.
+
+    Every key of the final config is kept (defaults included, so a later change of a property
+    file cannot change the rebuilt model), as plain builtins so the checkpoint still loads
+    weights-only; keys Config derives itself (device, DDP rank, processed sampling arguments)
+    are left out. ``data_path`` is stored absolute, so the checkpoint works from any working
+    directory. Reload with :func:`recbole_perpeft.recommend.Recommender.from_checkpoint`.
+    """
+    settings: dict[str, Any] = {}
+    for key, value in config.final_config_dict.items():
+        plain = _NOT_PLAIN if key in _DERIVED_KEYS else _plain(value)
+        if plain is not _NOT_PLAIN:
+            settings[key] = plain
+    negatives = settings.get("train_neg_sample_args")
+    if isinstance(negatives, dict) and negatives.get("distribution") == "none":
+        settings["train_neg_sample_args"] = None  # what the user wrote: no sampling
+    settings["data_path"] = str(Path(config["data_path"]).resolve().parent)
+    return {"model": config["model"], "dataset": config["dataset"], "settings": settings}
+
+
+# ------------------------------------------------------------------------------- random states
+def _numpy_rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "kind": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    np.random.set_state(
+        (state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+    )
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random state a training run draws from, as weights-only-loadable values."""
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_rng_state(),
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` captured."""
+    torch.set_rng_state(states["torch"])
+    _set_numpy_rng_state(states["numpy"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# -------------------------------------------------------------------------------------- export
+def check_export_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a path, refused (one-line :class:`ConfigError`) when it already exists."""
+    path = Path(out_dir)
+    if path.exists():
+        raise ConfigError(f"export folder {path} already exists; choose a new one (nothing is overwritten)")
+    return path
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors wants contiguous CPU tensors that share no memory.
+    return {name: value.detach().cpu().contiguous().clone() for name, value in state.items()}
+
+
+def _write_group_tables(model: nn.Module, dataset, folder: Path, formed: int) -> None:
+    user_tokens = dataset.field2id_token[dataset.uid_field]
+    groups = model.group_of_user.cpu().tolist()
+    lines = ["user_id\tgroup"] + [f"{user_tokens[user]}\t{groups[user]}" for user in range(1, len(groups))]
+    (folder / "user_groups.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    centroids = model.centroids[:formed].cpu().tolist()
+    (folder / "centroids.tsv").write_text(
+        "".join("\t".join(repr(float(x)) for x in row) + "\n" for row in centroids), encoding="utf-8"
+    )
+
+
+def _content_weight(projector: nn.Module) -> float:
+    """The weight of a projector's output in the item representation (fixed or learned)."""
+    learned = getattr(projector, "weight", None)
+    return float(learned) if isinstance(learned, torch.Tensor) else float(getattr(projector, "content_weight", 1.0))
+
+
+def _own_backbone(model: nn.Module, group: int) -> nn.Module | None:
+    """The backbone copy that serves ``group`` under per-group model selection; None: the shared one."""
+    backbone = model.backbone_of(group) if hasattr(model, "backbone_of") else model
+    return None if backbone is model else backbone
+
+
+def _export_grouped(model: nn.Module, dataset, folder: Path) -> dict[str, Any]:
+    """PerPEFT: one folder per formed group, the shared backbone, the grouping as text."""
+    from safetensors.torch import save_file
+
+    from recbole_perpeft.peft_backends.base import group_name
+
+    items = model.items
+    formed = int(model.groups_formed)
+    groups = []
+    for group in range(formed):
+        group_dir = folder / group_name(group)
+        group_dir.mkdir()
+        items.encoder.export_group(group, group_dir)
+        projector = items.projectors[group]
+        save_file(_tensors(projector.state_dict()), str(group_dir / "projector.safetensors"))
+        backbone_file = "backbone.safetensors"
+        own = _own_backbone(model, group)
+        if own is not None:
+            backbone_file = f"{group_name(group)}/backbone.safetensors"
+            save_file(_tensors(own.state_dict()), str(folder / backbone_file))
+        groups.append({"group": group, "content_weight": _content_weight(projector), "backbone": backbone_file})
+    shared = ("items.", "served.")
+    grouping = {"group_of_user", "centroids"}
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(shared) and k not in grouping}
+    save_file(_tensors(backbone), str(folder / "backbone.safetensors"))
+    _write_group_tables(model, dataset, folder, formed)
+    return {
+        "personalised": bool(model.personalised),
+        "groups": groups,
+        "item_input_scale": float(getattr(model, "input_scale", 1.0)),
+        "item_representation": "item_embedding.weight[i] (from the group's backbone) + content_weight * "
+                               "projector_g(foundation model with group g's adapter (content of item i)); "
+                               "the backbone reads item_input_scale * representation + position embedding",
+        "files": {
+            "group_<g>/": "the group's encoder adapter (a peft adapter folder: adapter_config.json + "
+                          "adapter_model.safetensors; IISAN: side_network.safetensors; none: nothing), "
+                          "projector.safetensors, and backbone.safetensors when the group has its own",
+            "backbone.safetensors": "the shared SASRec backbone and item ID embeddings",
+            "user_groups.tsv": "raw user id -> group",
+            "centroids.tsv": "one row per group: the centroid of its users' representations",
+        },
+    }
+
+
+def export_model(model: nn.Module, dataset, config, out_dir: str | os.PathLike) -> Path:
+    """Write ``model`` to the new folder ``out_dir`` in formats usable without this plugin.
+
+    PerPEFT (any model with per-group item modules): ``group_<g>/`` for every formed group
+    (with a peft backend a peft adapter folder, loadable with ``PeftModel.from_pretrained`` on the
+    foundation model, plus ``projector.safetensors``), ``backbone.safetensors``, ``user_groups.tsv``
+    and ``centroids.tsv``. Other models: ``model.safetensors``. Always ``export.json``, which
+    says what each file is and carries the run config. The folder appears whole or not at all.
+    """
+    from safetensors.torch import save_model
+
+    out_dir = check_export_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with staged_folder(out_dir) as folder:
+        if hasattr(model, "items") and hasattr(model, "group_of_user"):
+            manifest = _export_grouped(model, dataset, folder)
+        else:
+            save_model(model, str(folder / "model.safetensors"))
+            manifest = {"files": {"model.safetensors": "the model's weights (torch state_dict names)"}}
+        run = run_config_of(config)
+        manifest = {"format": EXPORT_FORMAT, "model": run["model"], "dataset": run["dataset"], **manifest,
+                    "run_config": run["settings"]}
+        (folder / "export.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return out_dir
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "atomic_torch_save",
+    "check_export_dir",
+    "export_model",
+    "load_checkpoint",
+    "model_checkpoint",
+    "resume_file_of",
+    "rng_states",
+    "run_config_of",
+    "set_rng_states",
+    "unique_checkpoint_name",
+]
