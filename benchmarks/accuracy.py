@@ -69,8 +69,9 @@ TEXT = ["--foundation_model=all-MiniLM-L6-v2"]
 SETTINGS: dict[str, dict] = {
     "mmdemo": {"dataset": "mmdemo", "args": [], "baseline_args": ["--train_batch_size=512"],
                "perpeft_args": []},
-    # LoRA and (IA)3 backpropagate through MiniLM for ~1,500 titles a step (140 steps an epoch):
-    # about 45 minutes an epoch on one CPU thread, so ml-100k runs IISAN on a CPU.
+    # LoRA and (IA)3 backpropagate through MiniLM for every title of a step (up to ~1,700 with
+    # 1024 negatives; 140 steps an epoch in windows): too slow for 30 epochs on a 2-core CPU, so
+    # ml-100k runs IISAN here; --backends lora ia3 adds them where a GPU is at hand.
     "ml-100k": {"dataset": "ml-100k", "args": [], "baseline_args": ["--train_batch_size=512", "--epochs=50"],
                 "perpeft_args": [*TEXT, "--n_groups=4", "--epochs=30", "--warmup_epochs=10"],
                 "backends": ["iisan"]},
