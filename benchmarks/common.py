@@ -28,6 +28,9 @@ def machine() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if commit.returncode == 0:
+        info["commit"] = commit.stdout.strip()
     return info
 
 

@@ -77,3 +77,20 @@ def test_efficiency_benchmark_quick(tmp_path):
     assert set(payload["tpme"]) == {"iisan", "none"} and all(0 <= v <= 1 for v in payload["tpme"].values())
     assert [s["items"] for s in payload["catalogue_scaling"]] == [160]
     assert "| iisan | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_recipe_ablation_quick(tmp_path):
+    out = tmp_path / "recipe"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "recipe_ablation.py"), "--quick", "--out", str(out),
+         "--runs", str(tmp_path / "runs")],
+        check=True, capture_output=True, text=True, timeout=900,
+    )
+    payload = json.loads(out.with_suffix(".json").read_text())
+    steps = [r["step"] for r in payload["results"]]
+    assert steps[0] == "recipe: paper" and steps[-1].endswith("(default)") and len(steps) == 5
+    assert "--recipe=paper" in payload["results"][0]["flags"]
+    assert "--loss_type=sampled_softmax" in payload["results"][1]["flags"]
+    for row in payload["results"]:
+        assert 0 <= row["valid_ndcg@20"] <= 1 and row["epochs"] == 2
+    assert "| mmdemo | + window training unit |" in out.with_suffix(".md").read_text()
