@@ -35,7 +35,6 @@ PERPEFT = ["--model=PerPEFT", "--foundation_model=tiny-clip", "--epochs=1", "--s
 LINE_52 = 2 + next(i for i, line in enumerate(ROWS.splitlines()) if line.endswith("\t52"))
 
 # The converter's own argument and input checks are the lead's (issue 15 split); strict, so a fix is noticed.
-converter_fix_pending = pytest.mark.xfail(strict=True, reason="converter fix by the lead (issue 15 split)")
 
 
 def _inter_files() -> dict[str, bytes]:
@@ -187,11 +186,11 @@ CASES = [
     Case("convert: corrupted .gz",
          lambda d, c: ["amazon2023", "--reviews", str(d / "gz" / "corrupt.jsonl.gz"), "--meta",
                        str(d / "gz" / "corrupt.jsonl.gz"), "--name", "x", "--out", str(d / "out"), "--no-images"],
-         "corrupt.jsonl.gz", tool="convert", marks=(converter_fix_pending,)),
+         "corrupt.jsonl.gz", tool="convert"),
     Case("convert: --timeout -1",
          lambda d, c: ["amazon2023", "--reviews", str(d / "gz" / "reviews.jsonl"), "--meta", str(d / "gz" / "meta.jsonl"),
                        "--name", "t", "--out", str(d / "out"), "--kcore", "1", "--timeout", "-1", "--quiet"],
-         "timeout", tool="convert", marks=(converter_fix_pending,)),
+         "timeout", tool="convert"),
 ]
 
 
