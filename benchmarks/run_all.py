@@ -7,10 +7,10 @@
 Runs, in order: the PerPEFT main job on mmdemo (its plots go to results/plots/), the ablation
 (n_groups 1 vs 4 over 3 seeds; n_groups 2 and 8; group negatives off; ia3 and iisan), the
 accuracy table, the parameter overhead on ViT-B/32, the efficiency table, the encoder-backend
-table, throughput before vs after, mixed precision vs fp32, the paper's configuration at a
-CPU-sized scale, and (with ``--reference PATH``) the reference implementation vs ours; then writes
-results/SUMMARY.md, all tables in one file. Each step is a script of its own
-(see benchmarks/README.md) and can be run alone.
+table, the peak memory with a decompression bomb in images/, throughput before vs after, mixed
+precision vs fp32, the paper's configuration at a CPU-sized scale, and (with ``--reference PATH``)
+the reference implementation vs ours; then writes results/SUMMARY.md, all tables in one file.
+Each step is a script of its own (see benchmarks/README.md) and can be run alone.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
              "--groups", "1", "4", "--catalogue", "--epochs", "3", "--out", str(out / "efficiency_vitb32")]]),
         "encoder_backends": [[str(BENCH / "encoder_backends.py"), "--quick", "--out",
                               str(out / "encoder_backends_quick")]],
+        "image_bomb": [[str(BENCH / "image_bomb.py"), *flag, "--out", str(out / "image_bomb")]],
         # issue 16: throughput before vs after, mixed precision, the paper's configuration at a
         # CPU-sized scale (the full scale: efficiency.py --device cuda on a GPU machine)
         "throughput": [[str(BENCH / "throughput.py"), *flag, *(["--parts", "catalogue", "steps"] if quick else []),
@@ -91,8 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", default=None,
-                        help="main_job ablation accuracy overhead efficiency encoder_backends throughput "
-                             "mixed_precision efficiency_paper reference")
+                        help="main_job ablation accuracy overhead efficiency encoder_backends image_bomb "
+                             "throughput mixed_precision efficiency_paper reference")
     parser.add_argument("--reference", default=None,
                         help="a checkout of github.com/kswoo97/PerPEFT: also run benchmarks/reference.py")
     args = parser.parse_args()

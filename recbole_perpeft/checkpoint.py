@@ -21,9 +21,10 @@ bookkeeping: ``best_checkpoint``, ``best_valid_result``, ``train_loss``, ``train
 ``valid_seconds``, ``valid_scores``, ``extra`` (a trainer subclass's state) and
 ``rng["train_loader"]``.
 
-What identifies a run (which settings and data make two runs "the same run", e.g. to pick the
-file ``--resume`` continues or to refuse weights trained on another item vocabulary) belongs
-beside :func:`run_config_of`, as further entries of ``run_config``.
+What identifies a run (which settings and data make two runs "the same run") is
+``run_config["identity"]``: model, dataset, a fingerprint of the settings that shape model and
+data, and fingerprints of the item and user vocabularies (:mod:`recbole_perpeft.run_identity`,
+which also picks the file ``--resume`` continues and refuses weights trained on other item ids).
 
 :func:`export_model` writes a trained model in the ecosystem's own formats (peft adapter folders,
 safetensors, plain text tables) for use without this plugin.
@@ -36,7 +37,6 @@ import os
 import pickle
 import random
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recbole_perpeft.atomic_write import atomic_open
 from recbole_perpeft.cache import staged_folder
 from recbole_perpeft.errors import CheckpointError, ConfigError
 
@@ -68,35 +69,16 @@ def resume_file_of(checkpoint_file: str | os.PathLike) -> str:
     return str(checkpoint_file)[: -len(".pth")] + RESUME_SUFFIX
 
 
-def find_resume_file(checkpoint_dir: str | os.PathLike, model_name: str, resume: str | os.PathLike) -> Path:
-    """The resume file ``--resume`` names: a path, or ``latest`` (the newest of this model)."""
-    if str(resume) != "latest":
-        path = Path(resume)
-        if not path.is_file():
-            raise ConfigError(f"resume file not found: {path}")
-        return path
-    candidates = sorted(Path(checkpoint_dir).glob(f"{model_name}-*{RESUME_SUFFIX}"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise ConfigError(f"--resume=latest: no {model_name}-*{RESUME_SUFFIX} in {checkpoint_dir}")
-    return candidates[-1]
-
-
 # ------------------------------------------------------------------------------ writing, reading
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` to ``path`` so a crash never leaves a truncated file under that name."""
+    """Write ``obj`` to ``path`` so a crash never leaves a truncated file under that name.
+
+    The file gets the usual permissions (0644 under umask 022; see recbole_perpeft.atomic_write).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_open(path, "wb", fsync=True) as handle:
+        torch.save(obj, handle)
 
 
 def load_checkpoint(
@@ -118,7 +100,9 @@ def load_checkpoint(
             f"which are never unpickled here): {first_line}"
         ) from error
     except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {first_line}") \
+            from error
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path} is not a model checkpoint of this plugin (no 'state_dict')")
     saved_model = state.get("model")
@@ -128,9 +112,13 @@ def load_checkpoint(
 
 
 def model_checkpoint(
-    config, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, cur_step: int, best_valid_score: float
+    config, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, cur_step: int, best_valid_score: float,
+    identity: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint of a model after ``epoch`` (see the module docstring for its keys)."""
+    """The checkpoint of a model after ``epoch`` (see the module docstring for its keys).
+
+    ``identity`` (recbole_perpeft.run_identity.run_identity) goes into ``run_config["identity"]``.
+    """
     return {
         "format": CHECKPOINT_FORMAT,
         "model": config["model"],
@@ -141,7 +129,7 @@ def model_checkpoint(
         "other_parameter": model.other_parameter(),
         "optimizer": optimizer.state_dict(),
         "rng": rng_states(),
-        "run_config": run_config_of(config),
+        "run_config": {**run_config_of(config), **({"identity": dict(identity)} if identity else {})},
     }
 
 
@@ -352,7 +340,6 @@ __all__ = [
     "atomic_torch_save",
     "check_export_dir",
     "export_model",
-    "find_resume_file",
     "load_checkpoint",
     "model_checkpoint",
     "resume_file_of",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from recbole_perpeft.config import parse_value
+from recbole_perpeft.config_keys import UnknownConfigKeyWarning
 from recbole_perpeft.errors import ConfigError, PerPEFTError
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -162,6 +163,27 @@ def recommend_main(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        # Libraries' deprecation notices (pandas inside RecBole, torch.amp, transformers) say
+        # nothing to this user and would bury the one line an error ends with.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The plugin's own warnings as one line (``warning: ...``); others as Python prints them."""
+    if issubclass(category, UnknownConfigKeyWarning):
+        print(f"warning: {message}", file=file or sys.stderr)
+        return
+    _python_showwarning(message, category, filename, lineno, file, line)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg == "--recommend" or arg.startswith("--recommend=") for arg in argv):
         try:

@@ -20,6 +20,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_perpeft.compat import restore_numpy_aliases
+from recbole_perpeft.config_keys import warn_unknown_keys
 from recbole_perpeft.config_rules import check_values
 from recbole_perpeft.data.registry import resolve_dataset_dir
 from recbole_perpeft.errors import ConfigError
@@ -48,6 +49,28 @@ def parse_value(text: str) -> Any:
         return yaml.load(text, Loader=ConfigLoader)
     except yaml.YAMLError:
         return text
+
+
+def check_config_file(path: str | Path) -> None:
+    """Refuse (one line naming the file and line) a config file that is not a YAML mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.load(handle, Loader=ConfigLoader)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        context, opened = getattr(error, "context", None), getattr(error, "context_mark", None)
+        if context and opened is not None and (mark is None or opened.line != mark.line):
+            problem += f"; {context} opened at line {opened.line + 1}"
+        raise ConfigError(f"{where}: invalid YAML ({problem})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config file holds KEY: VALUE lines, not a {type(loaded).__name__}")
 
 
 def properties_dir() -> Path:
@@ -87,6 +110,7 @@ class Config(RecBoleConfig):
     ) -> None:
         restore_numpy_aliases()
         super().__init__(model, dataset, config_file_list, config_dict)
+        warn_unknown_keys(self.external_config_dict, properties_dir())  # RecBole ignores them silently
 
     def _build_yaml_loader(self):
         return ConfigLoader
@@ -168,6 +192,21 @@ class Config(RecBoleConfig):
         # Embedded datasets (ml-100k from RecBole's wheel, mmdemo generated on first use),
         # converted ones under data_path, and a clear error for anything else.
         final["data_path"] = str(resolve_dataset_dir(self.dataset, base_data_path))
+        if str(final.get("foundation_model")).lower() == "auto":
+            final["foundation_model"] = default_foundation_model(Path(final["data_path"]), self.dataset, final)
+
+
+def default_foundation_model(dataset_dir: Path, dataset: str, final: dict[str, Any]) -> str:
+    """The model ``foundation_model: auto`` stands for: CLIP where items have images, else a text model.
+
+    Resolved here, once, so the run's config (and every checkpoint's copy of it) names the model.
+    """
+    from recbole_perpeft.data.content import item_file_has_column
+    from recbole_perpeft.encoders.factory import choose_foundation_model
+
+    image_field = final.get("IMAGE_FIELD")
+    has_images = bool(image_field) and item_file_has_column(dataset_dir / f"{dataset}.item", image_field)
+    return choose_foundation_model(has_images)
 
 
 class ConfigDumper(yaml.SafeDumper):

@@ -109,6 +109,7 @@ RULES: tuple[Rule, ...] = (
     Rule("peft_config", *or_none(mapping()), models=PERPEFT),
     Rule("content_weight", *number(), models=PERPEFT),
     Rule("cache_dir", *or_none(text()), models=PERPEFT),
+    Rule("max_image_pixels", *integer(1), models=PERPEFT),  # the pixel cap of recbole_perpeft.data.images
     Rule("encode_batch_size", *integer(1), models=PERPEFT),
     Rule("recipe", *text(), models=PERPEFT),  # the name is looked up in properties/recipe/
     Rule("learn_content_weight", *boolean(), models=PERPEFT),

@@ -17,6 +17,15 @@ class ConfigError(PerPEFTError):
     pass
 
 
+class FoundationModelError(ConfigError):
+    """A foundation model that cannot be built: a path that does not exist, or a hub id that is
+    neither cached nor reachable (the message says how to run offline)."""
+
+
+class DataFileError(PerPEFTError, ValueError):
+    """A dataset file that cannot be read (the message names the file and, where known, the line)."""
+
+
 class TrainingDivergedError(PerPEFTError):
     """The training loss became NaN or infinite."""
 

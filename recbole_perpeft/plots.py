@@ -61,24 +61,37 @@ def plot_training_curve(record: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def group_colours(n_groups: int) -> list[tuple[float, float, float, float]]:
+    """One distinct colour per group: tab10 / tab20 while they last, else evenly spaced hues."""
+    if n_groups <= 10:
+        return [plt.get_cmap("tab10")(g) for g in range(n_groups)]
+    if n_groups <= 20:
+        return [plt.get_cmap("tab20")(g) for g in range(n_groups)]
+    hues = plt.get_cmap("hsv")
+    return [hues(g / n_groups) for g in range(n_groups)]
+
+
 def plot_user_groups(record: dict[str, Any], path: Path) -> Path:
     view = record["user_projection"]
-    fig, axis = plt.subplots(figsize=(5.6, 5.0))
-    scatter = axis.scatter(view["x"], view["y"], c=view["group"], cmap="tab10", s=8, alpha=0.6,
-                           vmin=0, vmax=9)
     centroids = view.get("centroids") or []
+    groups = sorted(set(view["group"]))
+    colours = group_colours(max([len(centroids), *(g + 1 for g in groups)]))
+    fig, axis = plt.subplots(figsize=(5.6, 5.0))
+    for group in groups:  # one call per group: its own colour and its own legend entry
+        rows = [i for i, g in enumerate(view["group"]) if g == group]
+        axis.scatter([view["x"][i] for i in rows], [view["y"][i] for i in rows], color=colours[group], s=8,
+                     alpha=0.6, label=f"group {group}")
     if centroids:
         axis.scatter([c[0] for c in centroids], [c[1] if len(c) > 1 else 0 for c in centroids], marker="X",
-                     s=160, c=range(len(centroids)), cmap="tab10", vmin=0, vmax=9, edgecolors="black")
+                     s=160, color=colours[: len(centroids)], edgecolors="black")
     variance = view.get("explained_variance") or []
     labels = [
         f"PC{i + 1}" + (f" ({100 * variance[i]:.0f} % of variance)" if i < len(variance) else "") for i in range(2)
     ]
     axis.set_xlabel(labels[0])
     axis.set_ylabel(labels[1])
-    handles, _ = scatter.legend_elements()
-    groups = sorted(set(view["group"]))
-    axis.legend(handles[: len(groups)], [f"group {g}" for g in groups], fontsize=8, loc="best")
+    axis.legend(fontsize=8 if len(groups) <= 10 else 6, loc="best", ncol=1 + (len(groups) - 1) // 12,
+                markerscale=2)
     axis.set_title(f"User representations at grouping ({len(view['x'])} users)")
     return _save(fig, path)
 
@@ -86,7 +99,7 @@ def plot_user_groups(record: dict[str, Any], path: Path) -> Path:
 def plot_group_sizes(record: dict[str, Any], path: Path) -> Path:
     sizes = record["groups"]["sizes"]
     fig, axis = plt.subplots(figsize=(5.0, 3.4))
-    axis.bar(range(len(sizes)), sizes, color=[plt.get_cmap("tab10")(g % 10) for g in range(len(sizes))])
+    axis.bar(range(len(sizes)), sizes, color=group_colours(len(sizes)))
     axis.set_xticks(range(len(sizes)))
     axis.set_xlabel("group")
     axis.set_ylabel("users")

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from recbole.utils import init_logger
 
-from recbole_perpeft.checkpoint import check_export_dir, export_model, find_resume_file
+from recbole_perpeft.checkpoint import check_export_dir, export_model, run_config_of
 from recbole_perpeft.config import Config
 from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.plots import plot_run, plots_dir_for
 from recbole_perpeft.run import build_config, build_run
+from recbole_perpeft.run_identity import find_resume_file, run_identity
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -76,7 +77,8 @@ def run(
     The record (also written as JSON to ``result_file`` when given) holds the metrics under
     RecBole's names (``ndcg@20``, ``hit@20``, ...), dataset statistics, timings, peak memory
     and parameter counts. ``resume`` continues an interrupted run from its ``.last.pth`` file
-    (or ``"latest"``: the newest one of this model in ``checkpoint_dir``). ``export_dir``: the
+    (or ``"latest"``: the newest one of this run in ``checkpoint_dir``: same model, dataset,
+    settings and vocabularies; see :mod:`recbole_perpeft.run_identity`). ``export_dir``: the
     tested model is also exported there (:func:`recbole_perpeft.checkpoint.export_model`).
 
     Hooks for hyperparameter search (:mod:`recbole_perpeft.tune`): ``callback_fn(epoch,
@@ -95,13 +97,15 @@ def run(
             raise ConfigError(f"cannot create the folder '{folder}' (logs and checkpoints go there, "
                               f"relative to {os.getcwd()}): {error}") from error
     init_logger(config)
+    send_console_logs_to_stdout()
     logger = getLogger()
     logger.info(config)
 
     built = build_run(config, dataset=prebuilt_dataset)
     trainer, recommender = built.trainer, built.model
+    trainer.run_identity = run_identity(run_config_of(config), built.dataset)
     if resume:
-        trainer.resume_checkpoint(find_resume_file(config["checkpoint_dir"], config["model"], resume),
+        trainer.resume_checkpoint(find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume),
                                   built.train_data)
     epoch_callback = None
     if callback_fn is not None:
@@ -174,6 +178,14 @@ def write_result(record: dict[str, Any], result_file: str | Path) -> None:
     path = Path(result_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+
+
+def send_console_logs_to_stdout() -> None:
+    """Point RecBole's console log handler at stdout: the run's progress is output, and stderr
+    then carries only what went wrong (the CLI's one error line)."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+            handler.setStream(sys.stdout)
 
 
 def close_log_handlers() -> None:

@@ -45,6 +45,7 @@ from recbole_perpeft.errors import (
     UnknownItemError,
 )
 from recbole_perpeft.run import build_config, build_run
+from recbole_perpeft.run_identity import check_vocabulary
 
 __all__ = [
     "CheckpointError",
@@ -180,6 +181,7 @@ class Recommender:
             config["device"] = chosen
             built = build_run(config, with_trainer=False)
         net = built.model
+        check_vocabulary(path, state, built.train_data._dataset, users=hasattr(net, "group_of_user"))
         try:
             net.load_state_dict(state["state_dict"])
         except RuntimeError as error:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from logging import getLogger
-from pathlib import Path
 from typing import Any
 
 import torch
 from recbole.data import data_preparation
 from recbole.utils import ModelType, init_seed
 
-from recbole_perpeft.config import Config
+from recbole_perpeft.config import Config, check_config_file
+from recbole_perpeft.data.atomic_files import build_dataset
 from recbole_perpeft.data.sequential import PluginSequentialDataset
 from recbole_perpeft.distributed import unsharded_loaders
 from recbole_perpeft.errors import ConfigError, PerPEFTError
@@ -49,8 +49,7 @@ def build_config(
 ) -> Config:
     """The run's ``Config``; bad values and RecBole's own refusals become one-line :class:`ConfigError`."""
     for file in config_file_list or []:
-        if not Path(file).is_file():
-            raise ConfigError(f"config file not found: {file}")
+        check_config_file(file)
     try:
         return Config(model, dataset, config_file_list, config_dict)
     except PerPEFTError:
@@ -87,7 +86,7 @@ def create_dataset(config: Config):
             dataset_class = PluginSequentialDataset
         else:
             dataset_class = getattr(recbole_datasets, _DEFAULT_DATASET_CLASS[config["MODEL_TYPE"]])
-    return dataset_class(config)
+    return build_dataset(dataset_class, config)
 
 
 @dataclass

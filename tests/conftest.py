@@ -48,6 +48,15 @@ def _isolated_cwd(tmp_path, monkeypatch):
     yield
 
 
+def file_mode_for_umask(path) -> bool:
+    """True when ``path`` has the mode an ordinary ``open`` gives under the current umask."""
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+
+
 def cli_args(settings: dict) -> list[str]:
     return [f"--{key}={value}" for key, value in settings.items()]
 

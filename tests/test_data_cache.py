@@ -293,3 +293,78 @@ def test_existing_cache_served_from_read_only_root(
     proc = TinyProcessor()
     cache = build_or_load_content_cache(load(d), proc, root, show_progress=False)
     assert not cache.built and proc.tokenize_calls == 0
+
+
+def _with_images(root: Path, images: dict[str, Path | None]) -> ItemContent:
+    """A content of items ``i1..`` whose images are the given files (``None``: no image)."""
+    d = root / "capped"
+    (d / "images").mkdir(parents=True, exist_ok=True)
+    lines = ["item_id:token\ttitle:token_seq\timage:token"]
+    for item, source in images.items():
+        name = ""
+        if source is not None:
+            name = source.name
+            if source.parent != d / "images":
+                source.replace(d / "images" / name)
+        lines.append(f"{item}\tTitle {item}\t{name}")
+    (d / "capped.item").write_text("\n".join(lines) + "\n")
+    return load_item_content(d, "capped", ["[PAD]", *images])
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_and_counted(tmp_path, caplog):
+    from benchmarks.image_bomb import write_blank_png
+
+    small = tmp_path / "small.jpg"
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(small, format="JPEG")
+    bomb = write_blank_png(tmp_path / "bomb.png", 13000, 13000)  # 20 KB, 507 MB as RGB
+    assert bomb.stat().st_size < 100_000
+    content = _with_images(tmp_path, {"i1": small, "i2": bomb, "i3": None})
+    assert content.has_image.tolist() == [False, True, True, False]  # found by the cache, not the reader
+    processor = TinyProcessor()
+    with caplog.at_level(logging.WARNING):
+        cache = build_or_load_content_cache(content, processor, tmp_path / "cache", show_progress=False)
+    assert processor.images_processed == 1  # the bomb never reached the processor
+    assert cache.tensors["has_image"].tolist() == [False, True, False, False]
+    assert cache.report["image_too_many_pixels"] == 1 and cache.report["image_too_many_pixels_examples"] == ["i2"]
+    assert cache.report["image_corrupt"] == 0 and cache.report["n_with_image"] == 1
+    assert "more than max_image_pixels=40000000" in caplog.text and "i2" in caplog.text
+
+
+def test_the_pixel_cap_is_configurable_and_part_of_the_cache_key(tmp_path):
+    from recbole_perpeft.errors import ConfigError
+
+    picture = tmp_path / "p.png"
+    Image.new("RGB", (200, 100), (1, 2, 3)).save(picture)  # 20,000 pixels
+    content = _with_images(tmp_path, {"i1": picture})
+    processor = TinyProcessor()
+    strict = build_or_load_content_cache(
+        content, processor, tmp_path / "cache", show_progress=False, max_image_pixels=19_999
+    )
+    assert strict.report["image_too_many_pixels"] == 1 and not strict.tensors["has_image"][1]
+    lenient = build_or_load_content_cache(
+        content, processor, tmp_path / "cache", show_progress=False, max_image_pixels=20_000
+    )
+    assert lenient.key != strict.key and lenient.built and bool(lenient.tensors["has_image"][1])
+    assert cache_key(content, processor, 20_000) == lenient.key
+    for bad in (0, -5, "many", 1.5):
+        with pytest.raises(ConfigError, match="max_image_pixels must be a positive integer"):
+            build_or_load_content_cache(content, processor, tmp_path / "cache", max_image_pixels=bad)
+
+
+def test_large_allowed_images_are_processed_in_several_calls(tmp_path, monkeypatch):
+    import recbole_perpeft.data.content_cache as content_cache
+
+    monkeypatch.setattr(content_cache, "_PIXEL_BUDGET", 5_000)  # 2 images of 3,000 pixels each
+    sources = {}
+    for k in range(1, 6):
+        sources[f"i{k}"] = tmp_path / f"i{k}.png"
+        Image.new("RGB", (60, 50), COLOURS[k % 4]).save(sources[f"i{k}"])
+    content = _with_images(tmp_path, sources)
+    calls: list[int] = []
+    processor = TinyProcessor()
+    original = processor.process_images
+    monkeypatch.setattr(processor, "process_images", lambda images: calls.append(len(images)) or original(images))
+    cache = build_or_load_content_cache(content, processor, tmp_path / "cache", show_progress=False)
+    assert calls == [2, 2, 1]
+    expected = original([Image.open(content.image_paths[k]) for k in range(1, 6)])
+    assert torch.allclose(cache.tensors["pixel_values"][1:].float(), torch.from_numpy(expected), atol=1e-3)

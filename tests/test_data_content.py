@@ -17,6 +17,7 @@ from recbole_perpeft.data.content import (
     write_inter_file,
     write_item_file,
 )
+from recbole_perpeft.errors import DataFileError
 
 
 def _jpeg(path: Path, colour: tuple[int, int, int] = (200, 10, 10)) -> None:
@@ -135,7 +136,7 @@ def test_custom_fields_crlf_and_missing_columns(tmp_path: Path) -> None:
 
 
 def test_missing_item_file_and_missing_id_column(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="ds.item"):
+    with pytest.raises(DataFileError, match="ds.item"):
         load_item_content(tmp_path, "ds", ["[PAD]"])
     _write(tmp_path / "ds.item", ["id:token\ttitle:token_seq", "1\tx"])
     with pytest.raises(ValueError, match="item_id"):

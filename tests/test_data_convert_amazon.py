@@ -293,6 +293,12 @@ def test_amazon2023_end_to_end(
     assert reasons["K"].startswith("undecodable")
     assert server.hits["/missing.jpg"] == 1  # a 404 is not retried
 
+    # written atomically, yet readable by others as any file the umask allows (0644 under 022)
+    from conftest import file_mode_for_umask
+
+    for written in ("toys.inter", "toys.item", "download_failures.tsv", "images/A.jpg", "images/B.jpg"):
+        assert file_mode_for_umask(d / written), written
+
     # the result loads as item content
     content = load_item_content(d, "toys", ["[PAD]", *CORE_ITEMS])
     assert content.has_image.sum() == 3 and content.report["image_missing"] == 0

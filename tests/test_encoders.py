@@ -102,8 +102,54 @@ def test_minilm_alias_loads_offline_and_gives_unit_384d_features() -> None:
 
 
 def test_unknown_model_name_fails_clearly_offline(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from recbole_perpeft.errors import FoundationModelError
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="Names available locally: tiny-clip"):
-        build_foundation_encoder("no-such-org/no-such-model", cache_dir=tmp_path, local_files_only=True)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FoundationModelError, match="HF_HUB_OFFLINE is set.*tiny-clip.*all-MiniLM-L6-v2"):
+        build_foundation_encoder("no-such-org/no-such-model", cache_dir=tmp_path)
+    with pytest.raises(FoundationModelError, match="config.json"):
         build_foundation_encoder(str(tmp_path))
+    with pytest.raises(FoundationModelError, match="path /nonexistent/model does not exist"):
+        build_foundation_encoder("/nonexistent/model")
+    with pytest.raises(FoundationModelError, match="neither an existing local folder nor a Hugging Face hub id"):
+        build_foundation_encoder("not a model!")
+
+
+def test_an_unreachable_hub_fails_at_once_without_retries(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from huggingface_hub import constants
+
+    from recbole_perpeft.encoders import factory
+    from recbole_perpeft.errors import FoundationModelError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    assert factory.hub_unreachable_reason() is not None
+    attempts: list[str] = []
+    monkeypatch.setattr(factory, "build_pretrained_clip", lambda name, **kw: attempts.append(name))
+    with pytest.raises(FoundationModelError, match="cannot be downloaded .*127.0.0.1:9 cannot be reached"):
+        build_foundation_encoder("some-org/some-clip", cache_dir=tmp_path)
+    assert attempts == []  # transformers (and its retries) never ran
+
+
+def test_auto_foundation_model_follows_the_dataset(tmp_path) -> None:
+    from recbole_perpeft.config import Config
+    from recbole_perpeft.encoders.clip import DEFAULT_CLIP
+    from recbole_perpeft.encoders.factory import choose_foundation_model
+
+    assert choose_foundation_model(has_images=True) == DEFAULT_CLIP
+    assert choose_foundation_model(has_images=False) == "all-MiniLM-L6-v2"
+    folder = tmp_path / "data" / "txt"
+    folder.mkdir(parents=True)
+    (folder / "txt.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\n")
+    (folder / "txt.item").write_text("item_id:token\ttitle:token_seq\ni1\tA title\n")
+    settings = {"data_path": str(tmp_path / "data"), "state": "ERROR"}
+    assert Config("PerPEFT", "txt", config_dict=settings)["foundation_model"] == "all-MiniLM-L6-v2"
+    (folder / "txt.item").write_text("item_id:token\ttitle:token_seq\timage:token\ni1\tA title\ti1.jpg\n")
+    assert Config("PerPEFT", "txt", config_dict=settings)["foundation_model"] == DEFAULT_CLIP
+    assert Config("PerPEFT", "txt", config_dict={**settings, "IMAGE_FIELD": None})["foundation_model"] == \
+        "all-MiniLM-L6-v2"
+    assert Config("PerPEFT", "txt", config_dict={**settings, "foundation_model": "tiny-clip"})["foundation_model"] \
+        == "tiny-clip"

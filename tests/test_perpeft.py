@@ -50,6 +50,8 @@ def test_mixed_batches_and_periodic_regrouping(small_data):
     events = [entry["event"] for entry in record["grouping_log"]]
     assert events == ["grouped", "regrouped", "regrouped"]
     assert all("moved" in entry for entry in record["grouping_log"][1:])
+    # grouped and regrouped: the tested model is a personalised one, whatever the warm-up scored
+    assert record["groups"]["personalised"]
 
 
 def test_same_seed_same_metrics(small_data):

@@ -64,3 +64,25 @@ def test_sasrec_gets_the_training_curve_and_plots_can_be_off(tmp_path):
     record = run_recbole_perpeft("SASRec", "ml-100k", result_file=tmp_path / "off.json",
                                  config_dict={**SMALL_SEQ, "epochs": 1, "plots": False})
     assert "plots" not in record and not (tmp_path / "off_plots").exists()
+
+
+def test_more_than_ten_groups_keep_distinct_colours_and_true_labels(tmp_path, monkeypatch):
+    from recbole_perpeft import plots
+
+    n = 14
+    record = {
+        "user_projection": {"x": [float(i) for i in range(70)], "y": [float(i % 7) for i in range(70)],
+                            "group": [i % n for i in range(70)], "centroids": [[g, -g] for g in range(n)],
+                            "explained_variance": [0.5, 0.2]},
+        "groups": {"sizes": [5] * n},
+    }
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_user_groups(record, tmp_path / "u.png")
+    plots.plot_group_sizes(record, tmp_path / "s.png")
+    legend = figures[0].axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == [f"group {g}" for g in range(n)]
+    scatter_colours = [tuple(float(c) for c in handle.get_facecolor()[0][:3]) for handle in legend.legend_handles]
+    bar_colours = [tuple(bar.get_facecolor()[:3]) for bar in figures[1].axes[0].patches]
+    assert len(set(scatter_colours)) == n and scatter_colours == bar_colours  # one colour per group, everywhere
+    assert len(set(plots.group_colours(40))) == 40

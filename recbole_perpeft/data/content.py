@@ -7,17 +7,19 @@ and we need the original text for the foundation model's own tokenizer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recbole_perpeft.atomic_write import atomic_write_text
+from recbole_perpeft.data.images import is_valid_image
+from recbole_perpeft.errors import DataFileError
 
 # One path segment of an image file name: the same alphabet the converters write.
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -88,6 +90,16 @@ def resolve_inside(root: Path, rel: str) -> Path | None:
     return target
 
 
+def item_file_has_column(item_path: Path, name: str) -> bool:
+    """True when ``item_path`` exists and its header has a ``name`` column (``name:type``)."""
+    try:
+        with open(item_path, encoding="utf-8", errors="replace") as handle:
+            header = handle.readline().lstrip("\ufeff").rstrip("\r\n")
+    except OSError:
+        return False
+    return _field_index(_split(header), name) is not None
+
+
 def _field_index(header: list[str], name: str) -> int | None:
     """Column of ``name`` in a RecBole header (``name:type``); ``None`` when absent."""
     for i, column in enumerate(header):
@@ -96,46 +108,23 @@ def _field_index(header: list[str], name: str) -> int | None:
     return None
 
 
-def is_valid_image(path: Path) -> bool:
-    """Cheap validity check of an image file: the header parses and ``verify()`` passes."""
-    from PIL import Image
+def _read_lines(path: Path) -> tuple[list[str], list[int]]:
+    """Decode ``path`` line by line; undecodable lines are kept with replacement characters.
 
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except Exception:  # noqa: BLE001 - PIL raises many unrelated types for a bad file
-        return False
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _read_lines(path: Path) -> tuple[list[str], int]:
-    """Decode ``path`` line by line; undecodable lines are kept with replacement characters."""
+    Returns the lines and the 1-based numbers of the undecodable ones.
+    """
     raw = path.read_bytes()
     lines: list[str] = []
-    bad = 0
-    for chunk in raw.split(b"\n"):
+    undecodable: list[int] = []
+    for number, chunk in enumerate(raw.split(b"\n"), start=1):
         try:
             lines.append(chunk.decode("utf-8"))
         except UnicodeDecodeError:
-            bad += 1
+            undecodable.append(number)
             lines.append(chunk.decode("utf-8", errors="replace"))
     if lines and lines[-1] == "":
         lines.pop()
-    return lines, bad
+    return lines, undecodable
 
 
 def _split(line: str) -> list[str]:
@@ -166,7 +155,7 @@ def load_item_content(
     dataset_dir = Path(dataset_dir)
     item_path = dataset_dir / f"{dataset_name}.item"
     if not item_path.is_file():
-        raise FileNotFoundError(
+        raise DataFileError(
             f"item file {item_path} not found: the multimodal models need item content "
             f"(header '{item_id_field}:token\\t{title_field}:token_seq\\t{image_field}:token'); "
             "see docs/data.md for the layout"
@@ -175,14 +164,17 @@ def load_item_content(
 
     lines, undecodable = _read_lines(item_path)
     if not lines:
-        raise ValueError(f"item file {item_path} is empty (no header line)")
+        raise DataFileError(
+            f"{item_path}: the item file is empty; expected a header such as "
+            f"'{item_id_field}:token<TAB>{title_field}:token_seq<TAB>{image_field}:token' and one line per item"
+        )
     # Tab-separated without quoting (csv.QUOTE_NONE semantics): a plain split, which unlike the
     # csv module also tolerates a stray carriage return inside a title instead of raising.
     header = _split(lines[0].lstrip("\ufeff"))
     id_col = _field_index(header, item_id_field)
     if id_col is None:
-        raise ValueError(
-            f"item file {item_path} has no '{item_id_field}' column (header: {header})"
+        raise DataFileError(
+            f"{item_path}:1: no '{item_id_field}' column (header: {header})"
         )
     title_col = _field_index(header, title_field)
     image_col = _field_index(header, image_field)
@@ -197,7 +189,9 @@ def load_item_content(
 
     examples: dict[str, list[str]] = {k: [] for k in REPORT_KEYS}
     counts: dict[str, int] = {k: 0 for k in REPORT_KEYS}
-    counts["undecodable_lines"] = undecodable
+    counts["undecodable_lines"] = len(undecodable)
+    # Named as FILE:LINE (kept, with replacement characters, so the item is not lost).
+    examples["undecodable_lines"] = [f"{item_path}:{number}" for number in undecodable[:_EXAMPLES]]
 
     def flag(key: str, example: str) -> None:
         counts[key] += 1
@@ -223,6 +217,11 @@ def load_item_content(
         title = row[title_col] if title_col is not None else ""
         image = row[image_col] if image_col is not None else ""
         rows[item] = (title, image)
+    if not rows:
+        raise DataFileError(
+            f"{item_path}: no item line{' (every line is malformed)' if counts['malformed_lines'] else ''}; "
+            "the item file needs one line per item"
+        )
 
     n = len(raw_item_ids)
     titles: list[str] = [""] * n

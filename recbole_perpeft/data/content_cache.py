@@ -30,11 +30,22 @@ from tqdm import tqdm
 
 from recbole_perpeft.cache import CacheNotWritableError, build_once
 from recbole_perpeft.data.content import ItemContent
+from recbole_perpeft.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    TOO_MANY_PIXELS,
+    UNDECODABLE,
+    ImageRefusedError,
+    check_max_pixels,
+    decode_rgb,
+)
 from recbole_perpeft.encoders.base import ItemProcessor
 
 # Bump when the layout or the meaning of a stored array changes: old caches are then rebuilt.
 FORMAT_VERSION = 1
 _META = "meta.json"
+# Decoded pixels held at once before they go to the processor: a batch of large (but allowed)
+# images is processed in several calls rather than all decoded together.
+_PIXEL_BUDGET = 64_000_000
 
 
 @dataclass
@@ -48,7 +59,9 @@ class ContentCache:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def cache_key(content: ItemContent, processor: ItemProcessor) -> str:
+def cache_key(
+    content: ItemContent, processor: ItemProcessor, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> str:
     """sha256 over everything the cached arrays depend on.
 
     Image files enter by path, size and ``mtime_ns`` (not by bytes: hashing every JPEG on every
@@ -65,6 +78,8 @@ def cache_key(content: ItemContent, processor: ItemProcessor) -> str:
     put("processor", processor.fingerprint())
     put("text_length", str(processor.text_length))
     put("image_shape", repr(processor.image_shape))
+    if processor.image_shape is not None:  # the cap decides which images are kept
+        put("max_image_pixels", str(max_image_pixels))
     put("n", str(len(content)))
     for raw_id, title, path in zip(
         content.raw_item_ids, content.titles, content.image_paths
@@ -131,15 +146,55 @@ def _load(path: Path, key: str, processor: ItemProcessor, n_items: int) -> Conte
     )
 
 
-def _decode(path: str | None) -> Image.Image | None:
-    """Fully decode one image to RGB, ``None`` when it cannot be decoded."""
-    if path is None:
-        return None
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception:  # noqa: BLE001 - PIL raises many unrelated types for a bad file
-        return None
+def _store_processed(
+    pixels: np.ndarray, rows: list[int], images: list[Image.Image], processor: ItemProcessor
+) -> None:
+    """Run the processor over decoded images and write their rows of ``pixel_values``."""
+    values = np.asarray(processor.process_images(images))
+    if values.shape != (len(images), *processor.image_shape):
+        raise ValueError(
+            f"processor.process_images returned {values.shape}, "
+            f"expected {(len(images), *processor.image_shape)}"
+        )
+    pixels[rows] = values.astype(np.float16)
+
+
+def _process_images(
+    pixels: np.ndarray,
+    content: ItemContent,
+    has_image: np.ndarray,
+    items: range,
+    processor: ItemProcessor,
+    max_pixels: int,
+    refused: dict[str, list[str]],
+) -> None:
+    """Decode the images of ``items`` under the pixel cap and store their processed pixels.
+
+    A refused image (over the cap, or undecodable) flips ``has_image`` to False and is listed in
+    ``refused[kind]``; decoded images go to the processor whenever they hold ``_PIXEL_BUDGET``
+    pixels together, so a batch of large images never sits decoded in memory all at once.
+    """
+    rows: list[int] = []
+    images: list[Image.Image] = []
+    held = 0
+    for i in items:
+        if not has_image[i]:
+            continue
+        try:
+            image = decode_rgb(content.image_paths[i], max_pixels)
+        except ImageRefusedError as error:
+            # Found only now: flag it so the encoder treats the item as image-less.
+            has_image[i] = False
+            refused[error.kind].append(content.raw_item_ids[i])
+            continue
+        rows.append(i)
+        images.append(image)
+        held += image.width * image.height
+        if held >= _PIXEL_BUDGET:
+            _store_processed(pixels, rows, images, processor)
+            rows, images, held = [], [], 0
+    if images:
+        _store_processed(pixels, rows, images, processor)
 
 
 def _build(
@@ -150,6 +205,7 @@ def _build(
     batch_size: int,
     show_progress: bool,
     log: logging.Logger,
+    max_image_pixels: int,
 ) -> dict[str, Any]:
     """Write every array into ``tmp`` (``meta.json`` last); returns the build report."""
     n = len(content)
@@ -165,7 +221,7 @@ def _build(
         pixels = np.lib.format.open_memmap(
             tmp / "pixel_values.npy", mode="w+", dtype=np.float16, shape=shape
         )
-    corrupt: list[str] = []
+    refused: dict[str, list[str]] = {UNDECODABLE: [], TOO_MANY_PIXELS: []}
     bar = tqdm(total=n, desc="content cache", unit="item", disable=not show_progress)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -179,27 +235,9 @@ def _build(
         input_ids[start:stop] = ids
         attention_mask[start:stop] = mask
         if pixels is not None:
-            rows: list[int] = []
-            images: list[Image.Image] = []
-            for i in range(start, stop):
-                if not has_image[i]:
-                    continue
-                img = _decode(content.image_paths[i])
-                if img is None:
-                    # Found only now: flag it so the encoder treats the item as image-less.
-                    has_image[i] = False
-                    corrupt.append(content.raw_item_ids[i])
-                    continue
-                rows.append(i)
-                images.append(img)
-            if images:
-                values = np.asarray(processor.process_images(images))
-                if values.shape != (len(images), *processor.image_shape):
-                    raise ValueError(
-                        f"processor.process_images returned {values.shape}, "
-                        f"expected {(len(images), *processor.image_shape)}"
-                    )
-                pixels[rows] = values.astype(np.float16)
+            _process_images(
+                pixels, content, has_image, range(start, stop), processor, max_image_pixels, refused
+            )
         bar.update(stop - start)
     bar.close()
     if pixels is not None:
@@ -211,16 +249,28 @@ def _build(
     np.save(tmp / "attention_mask.npy", attention_mask)
     np.save(tmp / "has_title.npy", has_title)
     np.save(tmp / "has_image.npy", has_image)
+    corrupt, too_large = refused[UNDECODABLE], refused[TOO_MANY_PIXELS]
     if corrupt:
         log.warning(
             "content cache: %d image(s) could not be decoded and are treated as missing (e.g. %s)",
             len(corrupt),
             ", ".join(corrupt[:5]),
         )
+    if too_large:
+        log.warning(
+            "content cache: %d image(s) have more than max_image_pixels=%d pixels (read from the "
+            "header, never decoded) and are treated as missing (e.g. %s)",
+            len(too_large),
+            max_image_pixels,
+            ", ".join(too_large[:5]),
+        )
     report = {
         "n_items": n - 1,
         "image_corrupt": len(corrupt),
         "image_corrupt_examples": corrupt[:20],
+        "image_too_many_pixels": len(too_large),
+        "image_too_many_pixels_examples": too_large[:20],
+        "max_image_pixels": max_image_pixels,
         "n_with_title": int(has_title[1:].sum()),
         "n_with_image": int(has_image[1:].sum()),
     }
@@ -248,15 +298,20 @@ def build_or_load_content_cache(
     show_progress: bool = True,
     batch_size: int = 256,
     logger: logging.Logger | None = None,
+    max_image_pixels: int | None = None,
 ) -> ContentCache:
     """Return the processed arrays of ``content``, building them once under ``cache_root``.
 
     Rebuilds when titles, image files (path, size, mtime), masks, the processor's fingerprint or
     the format version change, and when the existing cache is damaged (after a warning). Built
-    and published by :func:`recbole_perpeft.cache.build_once`.
+    and published by :func:`recbole_perpeft.cache.build_once`. An image whose header announces more
+    than ``max_image_pixels`` pixels is never decoded: it is counted
+    (``report["image_too_many_pixels"]``) and its item treated as image-less (``None``:
+    :data:`~recbole_perpeft.data.images.DEFAULT_MAX_IMAGE_PIXELS`).
     """
     log = logger or logging.getLogger(__name__)
-    key = cache_key(content, processor)
+    max_image_pixels = check_max_pixels(max_image_pixels)
+    key = cache_key(content, processor, max_image_pixels)
     target = Path(cache_root) / key
     n = len(content)
     reports: list[dict[str, Any]] = []
@@ -269,7 +324,7 @@ def build_or_load_content_cache(
         return None
 
     def build(folder: Path) -> None:
-        reports.append(_build(folder, key, content, processor, batch_size, show_progress, log))
+        reports.append(_build(folder, key, content, processor, batch_size, show_progress, log, max_image_pixels))
 
     built = build_once(target, problem_with, build, report_damage=log.warning)
     cache = _load(target, key, processor, n)

@@ -20,6 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import pandas as pd
 
 from recbole_perpeft.data.content import write_inter_file, write_item_file
 from recbole_perpeft.data.download import download_images, safe_image_name
+from recbole_perpeft.data.images import DEFAULT_MAX_IMAGE_PIXELS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ASIN = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -100,7 +102,7 @@ def iter_jsonl(path: Path, bad: list[int]) -> Iterator[dict[str, Any]]:
                     bad.append(line_no)
                     continue
                 yield obj
-        except (OSError, EOFError) as err:  # truncated gzip and the like
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:  # corrupt or truncated gzip, bad bytes
             raise ConversionError(f"cannot read {path}: {err}") from err
 
 
@@ -174,7 +176,7 @@ def convert_amazon2023(
     timeout: float = 10.0,
     retries: int = 3,
     max_image_bytes: int = 10_000_000,
-    max_image_pixels: int = 40_000_000,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     backoff: float = 0.5,
     show_progress: bool = True,
 ) -> ConversionReport:
@@ -187,6 +189,9 @@ def convert_amazon2023(
     _check_name(name)
     if kcore_k < 0:
         raise ConversionError("--kcore must be >= 0")
+    if not 0 < timeout < float("inf") or retries < 0 or not 0 <= backoff < float("inf"):
+        raise ConversionError(f"--timeout must be > 0 s, --retries >= 0, --backoff >= 0 s; got "
+                              f"{timeout}, {retries}, {backoff}")
     dataset_dir = Path(out) / name
     report = ConversionReport(name, dataset_dir)
     c = report.counts
@@ -497,14 +502,55 @@ def convert_perpeft_release(
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not an integer >= 0")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return value
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (no usage block) and exit code 2."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m recbole_perpeft.data.convert",
         description="Convert raw data into the recbole-perpeft dataset layout (see docs/data.md).",
     )
@@ -531,15 +577,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--no-images", action="store_true", help="do not download images")
     a.add_argument("--workers", type=_positive_int, default=8)
-    a.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    a.add_argument("--timeout", type=_positive_seconds, default=10.0, help="seconds per request")
     a.add_argument(
-        "--retries", type=int, default=3, help="retries of a transient failure"
+        "--retries", type=_non_negative_int, default=3, help="retries of a transient failure"
     )
     a.add_argument("--max-image-bytes", type=_positive_int, default=10_000_000)
-    a.add_argument("--max-image-pixels", type=_positive_int, default=40_000_000)
+    a.add_argument(
+        "--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="refuse images with more pixels, read from the header before decoding",
+    )
     a.add_argument(
         "--backoff",
-        type=float,
+        type=_non_negative_seconds,
         default=0.5,
         help="first retry delay in seconds (doubles)",
     )
@@ -569,7 +618,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # a bad argument (one line already printed) or --help
+        return int(stop.code or 0)
     try:
         if args.command == "amazon2023":
             report = convert_amazon2023(

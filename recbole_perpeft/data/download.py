@@ -10,10 +10,7 @@ and valid (resume). Every failure is counted and listed in ``download_failures.t
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +25,13 @@ from urllib.parse import urlparse
 from PIL import Image
 from tqdm import tqdm
 
-from recbole_perpeft.data.content import atomic_write_text, is_valid_image
+from recbole_perpeft.atomic_write import atomic_open, atomic_write_text
+from recbole_perpeft.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageRefusedError,
+    decode_rgb,
+    is_valid_image,
+)
 
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_STEM = 100
@@ -140,32 +143,14 @@ def _fetch(
 
 def _to_rgb(data: bytes, max_pixels: int) -> Image.Image:
     try:
-        img = Image.open(io.BytesIO(data), formats=_FORMATS)
-    except Image.DecompressionBombError as err:
-        raise _Failure("too_many_pixels", str(err)) from err
-    except Exception as err:  # PIL raises many unrelated types for a bad file
-        raise _Failure("undecodable", f"{type(err).__name__}: {err}") from err
-    width, height = img.size  # from the header: nothing decoded yet
-    if width * height > max_pixels:
-        raise _Failure("too_many_pixels", f"{width}x{height} > {max_pixels} pixels")
-    try:
-        return img.convert("RGB")
-    except Exception as err:
-        raise _Failure("undecodable", f"{type(err).__name__}: {err}") from err
+        return decode_rgb(data, max_pixels, formats=_FORMATS)
+    except ImageRefusedError as err:
+        raise _Failure(err.kind, err.detail) from err
 
 
 def _write_jpeg(img: Image.Image, target: Path, quality: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="JPEG", quality=quality)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(target, "wb") as handle:
+        img.save(handle, format="JPEG", quality=quality)
 
 
 def _one(
@@ -191,7 +176,7 @@ def _one(
             None,
             f"file name {name!r} escapes the images folder",
         )
-    if target.is_file() and is_valid_image(target):
+    if target.is_file() and is_valid_image(target, max_pixels):
         return item, "present", name, ""
     scheme = urlparse(url).scheme.lower()
     if scheme not in ("http", "https"):
@@ -230,7 +215,7 @@ def download_images(
     retries: int = 3,
     backoff: float = 0.5,
     max_bytes: int = 10_000_000,
-    max_pixels: int = 40_000_000,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     jpeg_quality: int = 90,
     failures_path: Path | None = None,
     show_progress: bool = True,

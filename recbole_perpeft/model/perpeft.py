@@ -15,6 +15,7 @@ from torch import nn
 
 from recbole_perpeft.cache import cache_root
 from recbole_perpeft.data.dataset import MultimodalSequentialDataset
+from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.group_modules import GroupItemRepresentation
 from recbole_perpeft.model.group_negatives import GroupNegativeSampler
 from recbole_perpeft.model.grouping import Grouping
@@ -57,6 +58,11 @@ class PerPEFT(SequentialRecommender):
         self.n_users = dataset.user_num
         # Training autocast is the trainer's; evaluation tables are encoded here, in the same dtype.
         self.amp_dtype = resolve_mixed_precision(config["mixed_precision"], config["device"])
+        if self.n_groups > self.n_users - 1:  # each group holds its own modules: refuse before building them
+            raise ConfigError(
+                f"n_groups={self.n_groups} is more than the {self.n_users - 1} users of dataset "
+                f"'{config['dataset']}'; choose n_groups between 1 (global PEFT) and {self.n_users - 1}"
+            )
 
         # The shared SASRec backbone.
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -371,6 +377,7 @@ def build_item_encoder(config, dataset, n_groups: int):
         caches / "content",
         show_progress=config["show_progress"],
         logger=dataset.logger,
+        max_image_pixels=config["max_image_pixels"],
     )
     return build_grouped_encoder(
         foundation,

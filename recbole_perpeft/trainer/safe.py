@@ -29,6 +29,7 @@ from recbole_perpeft.checkpoint import (
 )
 from recbole_perpeft.errors import TrainingDivergedError
 from recbole_perpeft.precision import autocast, resolve_mixed_precision
+from recbole_perpeft.run_identity import check_resume_identity, check_vocabulary
 
 
 class SafeTrainerMixin:
@@ -64,6 +65,9 @@ class SafeTrainerMixin:
         self.scaler = torch.amp.GradScaler(
             torch.device(self.device).type, enabled=self._own_loop and self.amp_dtype == torch.float16
         )
+        # Set by the run (recbole_perpeft.run_identity.run_identity): written into every checkpoint,
+        # checked when resuming and when loading weights.
+        self.run_identity: dict[str, str] | None = None
         if distributed:
             from recbole_perpeft.distributed import DistributedLoss, broadcast_object
 
@@ -177,9 +181,13 @@ class SafeTrainerMixin:
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
-        """What a checkpoint holds (recbole_perpeft.checkpoint): weights, optimiser, progress, RNG, and
-        the fp16 loss scale; no code."""
-        state = model_checkpoint(self.config, self.model, self.optimizer, epoch, self.cur_step, self.best_valid_score)
+        """What a checkpoint holds (recbole_perpeft.checkpoint): weights, optimiser, progress, RNG, the
+        fp16 loss scale; no code.
+
+        Its run config carries the run's identity (recbole_perpeft.run_identity) once the run set it.
+        """
+        state = model_checkpoint(self.config, self.model, self.optimizer, epoch, self.cur_step,
+                                 self.best_valid_score, identity=self.run_identity)
         state["scaler"] = self.scaler.state_dict()
         return state
 
@@ -227,20 +235,38 @@ class SafeTrainerMixin:
             self.logger.info(f"Saving current: {saved_model_file}")
 
     def load_weights(self, checkpoint_file: str) -> dict[str, Any]:
-        """Load model weights from a checkpoint (weights-only) and return the checkpoint."""
+        """Load model weights from a checkpoint (weights-only) and return the checkpoint.
+
+        Refused with one line: an unreadable file, another model's, or (once the run's data are
+        known) one trained on other item ids.
+        """
         if self.distributed_loss is not None:
             from recbole_perpeft.distributed import barrier
 
             barrier()  # rank 0 may still be writing the file the other ranks are about to read
         checkpoint = load_checkpoint(checkpoint_file, map_location=self.device, model_name=self.config["model"])
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self._apply_weights(checkpoint_file, checkpoint)
         return checkpoint
 
+    def _apply_weights(self, checkpoint_file: str, checkpoint: dict[str, Any]) -> None:
+        if self.run_identity is not None and self._train_data is not None:
+            check_vocabulary(checkpoint_file, checkpoint, self._train_data._dataset,
+                             users=hasattr(self.model, "group_of_user"))
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+
     def resume_checkpoint(self, resume_file, train_data=None):
-        """Continue from a ``.last.pth`` resume file (or, less completely, a best checkpoint)."""
+        """Continue from a ``.last.pth`` resume file (or, less completely, a best checkpoint).
+
+        The file must belong to this run (same identity, see recbole_perpeft.run_identity):
+        another run's file is refused before anything of it is applied or later overwritten.
+        """
         resume_file = str(resume_file)
-        checkpoint = self.load_weights(resume_file)
+        self._train_data = train_data
+        checkpoint = load_checkpoint(resume_file, map_location=self.device, model_name=self.config["model"])
+        if self.run_identity is not None:
+            check_resume_identity(resume_file, checkpoint, self.run_identity)
+        self._apply_weights(resume_file, checkpoint)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
