@@ -29,7 +29,7 @@ the records already kept and lists the planned runs that have none yet.
 The ``scientific`` settings use Amazon "Industrial and Scientific" (Amazon Reviews 2023 format,
 titles only), converted on first use with the project's own ``amazon2023`` converter
 (``--kcore 1 --no-images``) from ``--scientific_raw`` (default ``../shared/data/amazon-scientific``)
-into ``$RECBOLE_PERPEFT_HOME/datasets``; nothing of it is committed. ``scientific-3k`` is the same
+into ``$RECBOLE_PERPEFT_HOME/datasets``; nothing of it is committed. ``scientific-1k`` is the same
 data restricted to a fixed sample of 1,000 users (``--users``), for LoRA, whose backpropagation
 through MiniLM for every step's titles a 2-core CPU cannot afford on all 12,076 users.
 """
