@@ -292,6 +292,7 @@ def main() -> None:
         record = run_cli(merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}", "--plots=False", *extra),
                          workdir=workdir / run_name(run), timeout=6 * 3600)
         record["flags"] = merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}")
+        record["commit"] = machine().get("commit")
         file.write_text(json.dumps(record, indent=1) + "\n")
         return record
 
