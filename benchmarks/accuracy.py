@@ -29,8 +29,8 @@ the records already kept and lists the planned runs that have none yet.
 The ``scientific`` settings use Amazon "Industrial and Scientific" (Amazon Reviews 2023 format,
 titles only), converted on first use with the project's own ``amazon2023`` converter
 (``--kcore 1 --no-images``) from ``--scientific_raw`` (default ``../shared/data/amazon-scientific``)
-into ``$RECBOLE_PERPEFT_HOME/datasets``; nothing of it is committed. ``scientific-3k`` is the same
-data restricted to a fixed sample of 3,000 users (``--users``), for LoRA, whose backpropagation
+into ``$RECBOLE_PERPEFT_HOME/datasets``; nothing of it is committed. ``scientific-1k`` is the same
+data restricted to a fixed sample of 1,000 users (``--users``), for LoRA, whose backpropagation
 through MiniLM for every step's titles a 2-core CPU cannot afford on all 12,076 users.
 """
 
@@ -79,11 +79,16 @@ SETTINGS: dict[str, dict] = {
     "scientific": {"dataset": "scientific", "args": [],
                    "baseline_args": ["--train_batch_size=512", "--epochs=50"],
                    "perpeft_args": [*TEXT, "--epochs=20", "--warmup_epochs=5"], "backends": ["iisan"]},
-    "scientific-3k": {"dataset": "scientific-3k", "args": [],
+    # LoRA backpropagates through MiniLM for every title of a step and encodes the catalogue once
+    # per group at every validation: on a 2-core CPU only a 1,000-user sample fits, with 4 groups,
+    # 256 negatives and 10 epochs (4 global).
+    "scientific-1k": {"dataset": "scientific-1k", "args": [],
                       "baseline_args": ["--train_batch_size=512", "--epochs=50"],
-                      "perpeft_args": [*TEXT, "--epochs=20", "--warmup_epochs=5"], "backends": ["lora", "iisan"]},
+                      "perpeft_args": [*TEXT, "--epochs=10", "--warmup_epochs=4", "--n_groups=4",
+                                       "--num_negatives=256"],
+                      "backends": ["lora", "iisan"]},
 }
-DEFAULT_SETTINGS = ["mmdemo", "ml-100k", "scientific", "scientific-3k"]
+DEFAULT_SETTINGS = ["mmdemo", "ml-100k", "scientific", "scientific-1k"]
 ID_ONLY = ["--peft_type=none", "--content_weight=0", "--learn_content_weight=False"]
 
 
@@ -197,7 +202,7 @@ def table(records: list[dict]) -> str:
 
 def prepare_scientific(raw: Path, data_path: Path, users: int) -> None:
     """Convert Amazon Scientific with the project's converter (as a user would), once, and
-    write ``scientific-3k``: the interactions of a fixed sample of ``users`` users."""
+    write ``scientific-1k``: the interactions of a fixed sample of ``users`` users."""
     from recbole_perpeft.data.convert import main as convert
 
     if not (data_path / "scientific" / "scientific.inter").is_file():
@@ -206,8 +211,8 @@ def prepare_scientific(raw: Path, data_path: Path, users: int) -> None:
                         "--out", str(data_path), "--kcore", "1", "--no-images", "--quiet"])
         if code != 0:
             raise SystemExit(f"could not convert {raw} (exit code {code})")
-    sample_dir = data_path / "scientific-3k"
-    if (sample_dir / "scientific-3k.inter").is_file():
+    sample_dir = data_path / "scientific-1k"
+    if (sample_dir / "scientific-1k.inter").is_file():
         return
     lines = (data_path / "scientific" / "scientific.inter").read_text(encoding="utf-8").splitlines()
     header, rows = lines[0], lines[1:]
@@ -218,8 +223,8 @@ def prepare_scientific(raw: Path, data_path: Path, users: int) -> None:
     kept_items = {row.split("\t")[1] for row in kept}
     item_lines = (data_path / "scientific" / "scientific.item").read_text(encoding="utf-8").splitlines()
     sample_dir.mkdir(parents=True, exist_ok=True)
-    (sample_dir / "scientific-3k.inter").write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
-    (sample_dir / "scientific-3k.item").write_text(
+    (sample_dir / "scientific-1k.inter").write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
+    (sample_dir / "scientific-1k.item").write_text(
         "\n".join([item_lines[0], *(line for line in item_lines[1:] if line.split("\t", 1)[0] in kept_items)]) + "\n",
         encoding="utf-8")
 
@@ -242,7 +247,7 @@ def main() -> None:
                         help="folder of Industrial_and_Scientific.jsonl.gz and its meta file")
     parser.add_argument("--data_path", default=None,
                         help="where converted datasets go (default $RECBOLE_PERPEFT_HOME/datasets)")
-    parser.add_argument("--users", type=int, default=3000, help="users of the scientific-3k sample")
+    parser.add_argument("--users", type=int, default=1000, help="users of the scientific-1k sample")
     parser.add_argument("--cache_dir", default=None,
                         help="content / IISAN caches (default: the plugin's, reused across runs)")
     args = parser.parse_args()
@@ -287,6 +292,7 @@ def main() -> None:
         record = run_cli(merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}", "--plots=False", *extra),
                          workdir=workdir / run_name(run), timeout=6 * 3600)
         record["flags"] = merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}")
+        record["commit"] = machine().get("commit")
         file.write_text(json.dumps(record, indent=1) + "\n")
         return record
 

@@ -78,7 +78,7 @@ def main() -> None:
                              "--epochs=2"]}
         args.datasets = ["mmdemo"]
     elif "scientific" in args.datasets:
-        prepare_scientific(Path(args.scientific_raw), data_path, 3000)
+        prepare_scientific(Path(args.scientific_raw), data_path, 1000)
         shared["scientific"].append(f"--data_path={data_path}")
     runs_dir = Path(args.runs)
     runs_dir.mkdir(parents=True, exist_ok=True)

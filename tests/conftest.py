@@ -41,6 +41,16 @@ TINY_PERPEFT = {
 }
 
 
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> str:
+    """The data_path of ``mmsmall``: a small generated mmdemo (300 users, 200 items), read-only."""
+    from recbole_perpeft.data.mmdemo import generate_mmdemo
+
+    root = tmp_path_factory.mktemp("data")
+    generate_mmdemo(root / "mmsmall", n_users=300, n_items=200, seed=5)
+    return str(root)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -7,18 +7,10 @@ import pytest
 import torch
 from conftest import TINY_PERPEFT
 
-from recbole_perpeft.data.mmdemo import generate_mmdemo
 from recbole_perpeft.quick_start import run_recbole_perpeft
 from recbole_perpeft.run import build_config
 
 SMALL = {**TINY_PERPEFT, "loss_type": "sampled_softmax", "num_negatives": 32}
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generate_mmdemo(root / "mmsmall", n_users=300, n_items=200, seed=5)
-    return str(root)
 
 
 def _config(data_path, **overrides):

@@ -501,44 +501,25 @@ def convert_perpeft_release(
     return report
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
+def _number_at_least(kind: type, low: float, strict: bool, what: str):
+    """An argparse type: a finite ``kind`` (int or float) above ``low`` (or equal, unless strict)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (low < value if strict else low <= value) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not an integer >= 0")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return value
-
-
-def _non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
-    return value
+_positive_int = _number_at_least(int, 0, True, "a positive integer")
+_non_negative_int = _number_at_least(int, 0, False, "an integer >= 0")
+_positive_seconds = _number_at_least(float, 0, True, "a positive number of seconds")
+_non_negative_seconds = _number_at_least(float, 0, False, "a number of seconds >= 0")
 
 
 class _OneLineParser(argparse.ArgumentParser):

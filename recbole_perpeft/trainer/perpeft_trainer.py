@@ -280,9 +280,10 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self._grouping_data = valid_data
         self._valid_data = valid_data
         self._train_rows = train_data
-        finished_before = self.start_epoch >= self.epochs
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        if self.selection is not None and bool(self.model.personalised) and valid_data and not finished_before:
+        # (also after a resume of a run that was stopped between its last epoch and this step)
+        if (self.selection is not None and bool(self.model.personalised) and valid_data
+                and not bool(self.model.serving_per_group)):
             result = self._serve_groups_from_kept_states(valid_data, saved, show_progress)
         return result
 
