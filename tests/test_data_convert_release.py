@@ -47,6 +47,12 @@ def release(tmp_path: Path) -> Path:
     return src
 
 
+
+def convert_trusted(release: Path, name: str, out: Path, *extra: str) -> int:
+    """Run the converter on ``release`` with pickles trusted; its exit code."""
+    return main(["perpeft-release", str(release), name, *extra, "--out", str(out), "--trust-pickles"])
+
+
 def test_refuses_pickles_without_flag(
     release: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -63,19 +69,7 @@ def test_round_trip(
     release: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "data"
-    assert (
-        main(
-            [
-                "perpeft-release",
-                str(release),
-                "toy",
-                "--out",
-                str(out),
-                "--trust-pickles",
-            ]
-        )
-        == 0
-    )
+    assert convert_trusted(release, "toy", out) == 0
     summary = capsys.readouterr().out
     d = out / "toy"
     asin = {
@@ -128,19 +122,7 @@ def test_round_trip(
     assert int(content.has_image.sum()) == 2 and int(content.has_title.sum()) == 2
 
     # a second run reuses the images already in place
-    assert (
-        main(
-            [
-                "perpeft-release",
-                str(release),
-                "toy",
-                "--out",
-                str(out),
-                "--trust-pickles",
-            ]
-        )
-        == 0
-    )
+    assert convert_trusted(release, "toy", out) == 0
     assert "images already present 2" in " ".join(capsys.readouterr().out.split())
 
 
@@ -148,49 +130,11 @@ def test_release_name_and_bad_pickle(
     release: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "data"
-    assert (
-        main(
-            [
-                "perpeft-release",
-                str(release),
-                "renamed",
-                "--release-name",
-                "toy",
-                "--out",
-                str(out),
-                "--trust-pickles",
-            ]
-        )
-        == 0
-    )
+    assert convert_trusted(release, "renamed", out, "--release-name", "toy") == 0
     assert (out / "renamed" / "renamed.inter").is_file()
     (release / "toy_texts_final.pickle").write_bytes(b"not a pickle")
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "perpeft-release",
-                str(release),
-                "toy",
-                "--out",
-                str(out),
-                "--trust-pickles",
-            ]
-        )
-        == 2
-    )
+    assert convert_trusted(release, "toy", out) == 2
     assert "cannot unpickle" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "perpeft-release",
-                str(tmp_path / "nowhere"),
-                "toy",
-                "--out",
-                str(out),
-                "--trust-pickles",
-            ]
-        )
-        == 2
-    )
+    assert convert_trusted(tmp_path / "nowhere", "toy", out) == 2
     assert "does not exist" in capsys.readouterr().err

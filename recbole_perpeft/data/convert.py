@@ -53,6 +53,12 @@ class ConversionReport:
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def note_lines(self, what: str, line_numbers: list[int]) -> None:
+        """Note ``what`` at the first few of ``line_numbers`` (nothing when there are none)."""
+        if line_numbers:
+            shown = ", ".join(map(str, line_numbers[:_EXAMPLES]))
+            self.notes.append(f"{what} {shown}" + (" ..." if len(line_numbers) > _EXAMPLES else ""))
+
     def format(self) -> str:
         lines = [f"dataset '{self.name}' written to {self.dataset_dir}"]
         width = max((len(k) for k in self.counts), default=0)
@@ -226,11 +232,7 @@ def convert_amazon2023(
     c["review_lines_malformed_json"] = len(bad_review_lines)
     c["reviews_missing_fields"] = invalid
     c["reviews_read"] = len(users)
-    if bad_review_lines:
-        report.notes.append(
-            f"malformed JSON in {reviews} at line(s) {', '.join(map(str, bad_review_lines[:_EXAMPLES]))}"
-            + (" ..." if len(bad_review_lines) > _EXAMPLES else "")
-        )
+    report.note_lines(f"malformed JSON in {reviews} at line(s)", bad_review_lines)
     if not users:
         raise ConversionError(
             f"no usable review in {reviews} (fields user_id, parent_asin, timestamp)"
@@ -271,11 +273,7 @@ def convert_amazon2023(
         urls[asin] = choose_image_url(obj.get("images"))
     c["meta_lines_malformed_json"] = len(bad_meta_lines)
     c["meta_duplicate_items"] = dup_meta
-    if bad_meta_lines:
-        report.notes.append(
-            f"malformed JSON in {meta} at line(s) {', '.join(map(str, bad_meta_lines[:_EXAMPLES]))}"
-            + (" ..." if len(bad_meta_lines) > _EXAMPLES else "")
-        )
+    report.note_lines(f"malformed JSON in {meta} at line(s)", bad_meta_lines)
 
     item_order = sorted(kept_items)
     c["users"] = int(df["user"].nunique())
@@ -446,11 +444,7 @@ def convert_perpeft_release(
                 asin = f"id_{item_id}"
             rows.append((user, asin, float(line_no)))
     c["lines_malformed"] = len(malformed)
-    if malformed:
-        report.notes.append(
-            f"malformed lines in {inter_src.name}: {', '.join(map(str, malformed[:_EXAMPLES]))}"
-            + (" ..." if len(malformed) > _EXAMPLES else "")
-        )
+    report.note_lines(f"malformed lines in {inter_src.name}:", malformed)
     if not rows:
         raise ConversionError(f"no interaction in {inter_src}")
     c["users"] = len({u for u, _, _ in rows})
@@ -544,35 +538,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--meta", type=Path, required=True, help="meta_<Category>.jsonl or .jsonl.gz"
     )
     a.add_argument("--name", required=True, help="dataset name (folder and file stem)")
-    a.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="DATA_PATH: the dataset goes to DATA_PATH/NAME",
-    )
-    a.add_argument(
-        "--kcore",
-        type=int,
-        default=5,
-        help="iterative k-core on users and items (default 5)",
-    )
+    a.add_argument("--out", type=Path, required=True, help="DATA_PATH: the dataset goes to DATA_PATH/NAME")
+    a.add_argument("--kcore", type=int, default=5, help="iterative k-core on users and items (default 5)")
     a.add_argument("--no-images", action="store_true", help="do not download images")
     a.add_argument("--workers", type=_positive_int, default=8)
     a.add_argument("--timeout", type=_positive_seconds, default=10.0, help="seconds per request")
-    a.add_argument(
-        "--retries", type=_non_negative_int, default=3, help="retries of a transient failure"
-    )
+    a.add_argument("--retries", type=_non_negative_int, default=3, help="retries of a transient failure")
     a.add_argument("--max-image-bytes", type=_positive_int, default=10_000_000)
     a.add_argument(
         "--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
         help="refuse images with more pixels, read from the header before decoding",
     )
-    a.add_argument(
-        "--backoff",
-        type=_non_negative_seconds,
-        default=0.5,
-        help="first retry delay in seconds (doubles)",
-    )
+    a.add_argument("--backoff", type=_non_negative_seconds, default=0.5, help="first retry delay in seconds (doubles)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     r = sub.add_parser("perpeft-release", help="the PerPEFT paper's released files")
     r.add_argument(
