@@ -22,6 +22,8 @@ READ_WITHOUT_DEFAULT = frozenset({
     "xgb_early_stopping_rounds", "has_residual", "feature_num", "cin", "contrast", "verbose",
     "dist_backend", "local_rank", "device", "single_spec", "model", "dataset", "MODEL_TYPE",
     "MODEL_INPUT_TYPE", "eval_type", "valid_neg_sample_args", "test_neg_sample_args",
+    # set at run time by RecBole's mask transform (BERT4Rec); a saved run config carries them
+    "MASK_INDEX", "MASK_ITEM_SEQ", "POS_ITEMS", "NEG_ITEMS",
 })
 # Families of keys RecBole reads by prefix (``alias_of_user_id``, ...).
 _KNOWN_PREFIXES = ("alias_of_",)
