@@ -106,14 +106,20 @@ def row_args(setting: dict, row: str) -> list[str] | None:
         return [f"--model={row}", *baseline]
     perpeft = ["--model=PerPEFT", *setting["perpeft_args"]]
     if row == "global, ID only":
-        return [*perpeft, "--n_groups=1", *ID_ONLY]
+        return last_flag_wins([*perpeft, "--n_groups=1", *ID_ONLY])
     if row == "global, frozen encoder":
-        return [*perpeft, "--n_groups=1", "--peft_type=none"]
+        return last_flag_wins([*perpeft, "--n_groups=1", "--peft_type=none"])
     kind, backend = row.rsplit(" (", 1)
     backend = backend.rstrip(")")
     if backend not in setting.get("backends", BACKENDS):
         return None
-    return [*perpeft, f"--peft_type={backend}", *(["--n_groups=1"] if kind == "global PEFT" else [])]
+    return last_flag_wins([*perpeft, f"--peft_type={backend}", *(["--n_groups=1"] if kind == "global PEFT" else [])])
+
+
+def last_flag_wins(flags: list[str]) -> list[str]:
+    """``flags`` with each --KEY kept once, at its last value (a row's --n_groups=1 over the setting's)."""
+    last = {flag.split("=", 1)[0]: flag for flag in flags}
+    return [flag for flag in flags if last[flag.split("=", 1)[0]] is flag]
 
 
 def row_names(backends) -> list[str]:

@@ -94,3 +94,20 @@ def test_recipe_ablation_quick(tmp_path):
     for row in payload["results"]:
         assert 0 <= row["valid_ndcg@20"] <= 1 and row["epochs"] == 2
     assert "| mmdemo | + window training unit |" in out.with_suffix(".md").read_text()
+
+
+def test_accuracy_rows_give_each_flag_once():
+    """A row's own flag replaces the setting's (ml-100k's --n_groups=4 under a global-PEFT row),
+    never reaching the CLI twice (which refuses a key given twice)."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.accuracy import SETTINGS, row_args, row_names
+
+    for name, setting in SETTINGS.items():
+        for row in row_names(setting.get("backends", ["lora", "iisan"])):
+            flags = row_args(setting, row)
+            if flags is None:
+                continue
+            keys = [flag.split("=", 1)[0] for flag in flags]
+            assert len(keys) == len(set(keys)), (name, row, flags)
+            if row.startswith("global"):
+                assert "--n_groups=1" in flags, (name, row, flags)
