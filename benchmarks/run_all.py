@@ -6,8 +6,9 @@
 
 Runs, in order: the PerPEFT main job on mmdemo (its plots go to results/plots/), the ablation
 (n_groups 1 vs 4 over 3 seeds; n_groups 2 and 8; group negatives off; ia3 and iisan), the
-accuracy table, the parameter overhead on ViT-B/32, the efficiency table, the encoder-backend
-table, the peak memory with a decompression bomb in images/, throughput before vs after, mixed
+accuracy table, the training-recipe ablation, the parameter overhead on ViT-B/32, the efficiency
+table, the encoder-backend table, the peak memory with a decompression bomb in images/, throughput
+before vs after, mixed
 precision vs fp32, the paper's configuration at a CPU-sized scale, and (with ``--reference PATH``)
 the reference implementation vs ours; then writes results/SUMMARY.md, all tables in one file.
 Each step is a script of its own (see benchmarks/README.md) and can be run alone.
@@ -48,6 +49,8 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
         "ablation": ablation_steps(quick),
         "accuracy": [[str(BENCH / "accuracy.py"), *flag, "--out", str(out / "accuracy"),
                       "--runs", str(out / "accuracy_runs")]],
+        "recipe": [[str(BENCH / "recipe_ablation.py"), *flag, "--out", str(out / "recipe_ablation"),
+                    "--runs", str(out / "recipe_ablation_runs")]],
         "overhead": [[str(BENCH / "overhead.py"), *(["--foundation", "tiny-clip"] if quick else []),
                       "--out", str(out / "overhead")]],
         "efficiency": [[str(BENCH / "efficiency.py"), *flag, "--out", str(out / "efficiency")]] + ([] if quick else [
