@@ -8,9 +8,9 @@ Runs, in order: the PerPEFT main job on mmdemo (its plots go to results/plots/),
 (n_groups 1 vs 4 over 3 seeds; n_groups 2 and 8; group negatives off; ia3 and iisan), the
 accuracy table, the training-recipe ablation, the parameter overhead on ViT-B/32, the efficiency
 table, the encoder-backend table, the peak memory with a decompression bomb in images/, throughput
-before vs after, mixed
-precision vs fp32, the paper's configuration at a CPU-sized scale, and (with ``--reference PATH``)
-the reference implementation vs ours; then writes results/SUMMARY.md, all tables in one file.
+before vs after, mixed precision vs fp32, the paper's configuration at a CPU-sized scale, and
+(with ``--reference PATH``) the reference implementation vs ours;
+then writes results/SUMMARY.md, all tables in one file.
 Each step is a script of its own (see benchmarks/README.md) and can be run alone.
 """
 
