@@ -118,8 +118,8 @@ def row_args(setting: dict, row: str) -> list[str] | None:
 
 def last_flag_wins(flags: list[str]) -> list[str]:
     """``flags`` with each --KEY kept once, at its last value (a row's --n_groups=1 over the setting's)."""
-    last = {flag.split("=", 1)[0]: flag for flag in flags}
-    return [flag for flag in flags if last[flag.split("=", 1)[0]] is flag]
+    last = {flag.split("=", 1)[0]: index for index, flag in enumerate(flags)}
+    return [flag for index, flag in enumerate(flags) if last[flag.split("=", 1)[0]] == index]
 
 
 def row_names(backends) -> list[str]:
@@ -146,8 +146,7 @@ def planned_runs(settings, rows, seeds) -> list[dict]:
 def merged_flags(own: list[str], *shared: str) -> list[str]:
     """``shared`` then ``own`` --KEY=VALUE flags, a key of ``own`` replacing the shared one
     (a global-PEFT row's --n_groups=1 over the dataset's groups)."""
-    own_keys = {flag.split("=", 1)[0] for flag in own}
-    return [flag for flag in shared if flag.split("=", 1)[0] not in own_keys] + own
+    return last_flag_wins([*shared, *own])
 
 
 def run_name(run: dict) -> str:
