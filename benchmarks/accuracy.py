@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, markdown_table, run_cli, write_outputs  # noqa: E402
+from benchmarks.common import last_flag_wins, machine, markdown_table, run_cli, write_outputs  # noqa: E402
 
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
 BACKENDS = ("lora", "ia3", "iisan")
@@ -114,12 +114,6 @@ def row_args(setting: dict, row: str) -> list[str] | None:
     if backend not in setting.get("backends", BACKENDS):
         return None
     return last_flag_wins([*perpeft, f"--peft_type={backend}", *(["--n_groups=1"] if kind == "global PEFT" else [])])
-
-
-def last_flag_wins(flags: list[str]) -> list[str]:
-    """``flags`` with each --KEY kept once, at its last value (a row's --n_groups=1 over the setting's)."""
-    last = {flag.split("=", 1)[0]: index for index, flag in enumerate(flags)}
-    return [flag for index, flag in enumerate(flags) if last[flag.split("=", 1)[0]] == index]
 
 
 def row_names(backends) -> list[str]:

@@ -17,6 +17,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+def last_flag_wins(flags: list[str]) -> list[str]:
+    """``flags`` with each ``--KEY`` kept once, at its last value and position (later flags override
+    earlier ones: a row's --n_groups=1 over its setting's, a variant's flags over the shared ones)."""
+    last = {flag.split("=", 1)[0]: index for index, flag in enumerate(flags)}
+    return [flag for index, flag in enumerate(flags) if last[flag.split("=", 1)[0]] == index]
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     info = {

@@ -234,13 +234,6 @@ def part_steps(trees: dict[str, Path], repeats: int, quick: bool, ours_settings:
     return {"runs": runs, "median": median, "speedup_vs_baseline_BCE": speedup}
 
 
-def merge_flags(base: list[str], extra: list[str]) -> list[str]:
-    """``base`` with ``extra``'s ``--key=value`` flags replacing those of the same key."""
-    flags = {flag.split("=", 1)[0]: flag for flag in base}
-    flags.update({flag.split("=", 1)[0]: flag for flag in extra})
-    return list(flags.values())
-
-
 def time_to_reach(run: dict, target: float) -> float | None:
     """Training seconds (validation excluded) until the validation NDCG@20 first reached ``target``."""
     elapsed = 0.0
@@ -252,13 +245,15 @@ def time_to_reach(run: dict, target: float) -> float | None:
 
 
 def part_ml100k(trees: dict[str, Path], epochs: int, variants_args: list[list[str]], quick: bool) -> dict:
+    from benchmarks.common import last_flag_wins
+
     base = [*ML100K_ARGS, f"--epochs={epochs}"]
     if quick:
         base = [*base, "--warmup_epochs=1", "--n_groups=2"]
     # The baseline as it was: the paper's BCE (its default then), one sample per user.
     variants = {"baseline": (trees["baseline"], base)}
     for extra in variants_args:
-        variants["ours " + " ".join(extra)] = (trees["ours"], merge_flags(base, extra))
+        variants["ours " + " ".join(extra)] = (trees["ours"], last_flag_wins([*base, *extra]))
     runs = {name: run_worker("run", tree, settings=json.dumps(args)) for name, (tree, args) in variants.items()}
     before = runs["baseline"]
     target = before["best_valid_ndcg@20"]

@@ -8,13 +8,14 @@ import sys
 
 import pytest
 
+from benchmarks.common import last_flag_wins
 from benchmarks.reference import LAUNCHER, NAME, personalised_seconds, write_reference_layout
-from benchmarks.throughput import merge_flags, time_to_reach
+from benchmarks.throughput import time_to_reach
 from recbole_perpeft.data.mmdemo import generate_mmdemo
 
 
 def test_variant_flags_replace_the_shared_ones_of_the_same_key():
-    assert merge_flags(["--a=1", "--b=2"], ["--b=3", "--c=4"]) == ["--a=1", "--b=3", "--c=4"]
+    assert last_flag_wins(["--a=1", "--b=2", "--b=3", "--c=4"]) == ["--a=1", "--b=3", "--c=4"]
 
 
 def test_time_to_reach_counts_training_seconds_until_the_first_good_validation():
