@@ -234,6 +234,11 @@ def part_steps(trees: dict[str, Path], repeats: int, quick: bool, ours_settings:
     return {"runs": runs, "median": median, "speedup_vs_baseline_BCE": speedup}
 
 
+def best_epoch_score(run: dict) -> float:
+    """The highest validation NDCG@20 of a single epoch of ``run``."""
+    return max(score for _, score in run["valid_scores"])
+
+
 def time_to_reach(run: dict, target: float) -> float | None:
     """Training seconds (validation excluded) until the validation NDCG@20 first reached ``target``."""
     elapsed = 0.0
@@ -255,16 +260,22 @@ def part_ml100k(trees: dict[str, Path], epochs: int, variants_args: list[list[st
     for extra in variants_args:
         variants["ours " + " ".join(extra)] = (trees["ours"], last_flag_wins([*base, *extra]))
     runs = {name: run_worker("run", tree, settings=json.dumps(args)) for name, (tree, args) in variants.items()}
+    return compare_runs(runs, {name: args for name, (_, args) in variants.items()})
+
+
+def compare_runs(runs: dict[str, dict], args: dict[str, list[str]]) -> dict:
+    """Each run's epoch speed-up over ``runs['baseline']`` and its time to the baseline's best epoch."""
     before = runs["baseline"]
-    target = before["best_valid_ndcg@20"]
+    # The best validation of any one epoch: with per-group model selection the served model's
+    # score (best_valid_ndcg@20) combines several epochs and no single epoch reaches it.
+    target = best_epoch_score(before)
     baseline_time = time_to_reach(before, target)
     for run in runs.values():
         run["seconds_to_baseline_best"] = time_to_reach(run, target)
         reached = run["seconds_to_baseline_best"]
         run["time_to_quality_speedup"] = baseline_time / reached if reached else None
         run["epoch_speedup"] = ratio(before["epoch_s"], run["epoch_s"])
-    return {"runs": runs, "args": {name: args for name, (_, args) in variants.items()},
-            "baseline_best_valid_ndcg@20": target}
+    return {"runs": runs, "args": args, "baseline_best_epoch_valid_ndcg@20": target}
 
 
 def describe(info: dict) -> str:
@@ -299,14 +310,15 @@ def markdown(report: dict) -> str:
     if "ml100k" in report:
         m = report["ml100k"]
         lines += ["## Whole runs, ml-100k LoRA through MiniLM (4 groups, batch 64, 2 global epochs)\n",
-                  "| variant | s / training epoch | epoch speed-up | best valid NDCG@20 | training s to the baseline's "
-                  "best valid NDCG@20 | speed-up to that quality | test NDCG@20 |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| variant | s / training epoch | epoch speed-up | best epoch's valid NDCG@20 | served valid NDCG@20 "
+                  "| training s to the baseline's best epoch | speed-up to that quality | test NDCG@20 |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, run in m["runs"].items():
             reached = run["seconds_to_baseline_best"]
             speed = run["time_to_quality_speedup"]
             lines.append(f"| {name} | {run['epoch_s']:.1f} | {run['epoch_speedup']:.2f}x | "
-                         f"{run['best_valid_ndcg@20']:.4f} | {f'{reached:.0f}' if reached else 'not reached'} | "
+                         f"{best_epoch_score(run):.4f} | {run['best_valid_ndcg@20']:.4f} | "
+                         f"{f'{reached:.0f}' if reached else 'not reached'} | "
                          f"{f'{speed:.2f}x' if speed else '-'} | {run['test_ndcg@20']:.4f} |")
         lines += ["", "Flags: " + "; ".join(f"{name}: `{' '.join(args)}`" for name, args in m["args"].items()), ""]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.common import last_flag_wins
 from benchmarks.reference import LAUNCHER, NAME, personalised_seconds, write_reference_layout
-from benchmarks.throughput import time_to_reach
+from benchmarks.throughput import best_epoch_score, compare_runs, markdown, time_to_reach
 from recbole_perpeft.data.mmdemo import generate_mmdemo
 
 
@@ -22,6 +22,30 @@ def test_time_to_reach_counts_training_seconds_until_the_first_good_validation()
     run = {"epoch_seconds": [10.0, 20.0, 30.0], "valid_scores": [[0, 0.1], [1, 0.3], [2, 0.2]]}
     assert time_to_reach(run, 0.25) == 30.0
     assert time_to_reach(run, 0.5) is None
+
+
+def test_the_quality_target_is_a_single_epochs_score_not_the_served_one():
+    # per-group selection serves a mix of epochs whose validation no single epoch reaches
+    run = {"epoch_seconds": [10.0, 20.0], "valid_scores": [[0, 0.1], [1, 0.3]], "best_valid_ndcg@20": 0.35}
+    assert best_epoch_score(run) == 0.3
+    assert time_to_reach(run, best_epoch_score(run)) == 30.0
+
+
+def test_whole_runs_are_compared_to_the_baselines_best_epoch_and_tabled():
+    def run(seconds, scores, served):
+        return {"epoch_s": sum(seconds) / len(seconds), "epoch_seconds": seconds, "best_valid_ndcg@20": served,
+                "valid_scores": list(enumerate(scores)), "test_ndcg@20": served - 0.01}
+
+    runs = {"baseline": run([100.0, 100.0], [0.01, 0.02], 0.025), "ours": run([50.0, 50.0], [0.03, 0.04], 0.045),
+            "slow": run([400.0], [0.015], 0.015)}
+    report = compare_runs(runs, {"baseline": ["--a=1"], "ours": ["--a=2"], "slow": ["--a=3"]})
+    assert report["baseline_best_epoch_valid_ndcg@20"] == 0.02
+    assert runs["ours"]["time_to_quality_speedup"] == 4.0 and runs["ours"]["epoch_speedup"] == 2.0
+    assert runs["slow"]["time_to_quality_speedup"] is None
+    table = markdown({"load": {"start": [0, 0, 0], "end": [0, 0, 0]}, "baseline": "abc",
+                      "machine": {"device": "cpu", "cpu_count": 2, "torch": "x"}, "ml100k": report})
+    assert "| ours | 50.0 | 2.00x | 0.0400 | 0.0450 | 50 | 4.00x | 0.0350 |" in table
+    assert "| slow | 400.0 | 0.25x | 0.0150 | 0.0150 | not reached | - | 0.0050 |" in table
 
 
 def test_reference_epoch_seconds_are_read_after_the_batch_schedule():
