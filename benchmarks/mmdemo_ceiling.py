@@ -14,10 +14,16 @@ excluded), so the accuracy table's rows can be read as a share of what is reacha
   alone gives, with popularity);
 * ``popularity``: training-interaction counts, nothing about the user.
 
+It also probes what the demo's encoder can give the content path: a linear classifier of each
+item aspect (domain, colour, shape, brand, adjective) on the frozen ``tiny-clip`` features of the
+catalogue (the image half, the title half and both), trained on 75 % of the items and scored on
+the rest, for the encoder seeds of the accuracy runs.
+
     python benchmarks/mmdemo_ceiling.py                       # the embedded mmdemo (generated if missing)
     python benchmarks/mmdemo_ceiling.py --dataset_dir DIR     # any folder generate_mmdemo wrote
+    python benchmarks/mmdemo_ceiling.py --probe_seeds           # no probe
 
-Writes benchmarks/results/mmdemo_ceiling.{json,md}. Takes seconds; no model is trained.
+Writes benchmarks/results/mmdemo_ceiling.{json,md}. Takes under a minute on a CPU; no recommender is trained.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -113,6 +120,66 @@ def ceilings(dataset_dir: Path) -> dict:
     return {"dataset_dir": str(dataset_dir), "users": len(sequences), "items": len(items), "results": results}
 
 
+PROBED_ASPECTS = ("domain", "colour", "shape", "brand", "adjective")
+
+
+def linear_probe_accuracy(features: torch.Tensor, labels: list[str], seed: int) -> float:
+    """Held-out accuracy of a multinomial logistic regression (75 / 25 split of the rows)."""
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(label) for label in labels])
+    x = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    cut = (3 * len(y)) // 4
+    fit, held = order[:cut], order[cut:]
+    linear = torch.nn.Linear(x.shape[1], len(classes))
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        # a little L2, so that separable aspects do not push the weights to infinity
+        loss = torch.nn.functional.cross_entropy(linear(x[fit]), y[fit]) + 1e-3 * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return float((linear(x[held]).argmax(1) == y[held]).float().mean())
+
+
+def aspect_probe(dataset_dir: Path, seeds: list[int]) -> dict:
+    """Linear-probe accuracy of each aspect from frozen tiny-CLIP features, mean over ``seeds``."""
+    from PIL import Image
+
+    from recbole_perpeft.encoders import build_tiny_clip
+
+    name = dataset_dir.name
+    aspects = read_tsv(dataset_dir / "item_aspects.tsv", "item_id")
+    with (dataset_dir / f"{name}.item").open(encoding="utf-8") as f:
+        next(f)
+        titles = {row[0]: row[1] for row in (line.rstrip("\n").split("\t") for line in f)}
+    items = sorted(aspects)
+    accuracy: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for seed in seeds:
+        torch.manual_seed(seed)
+        encoder = build_tiny_clip(seed)
+        input_ids, attention_mask = encoder.processor.tokenize([titles[item] for item in items])
+        pixels = encoder.processor.process_images(
+            [Image.open(dataset_dir / "images" / f"{item}.jpg").convert("RGB") for item in items])
+        with torch.no_grad():
+            features = encoder.encode({"input_ids": torch.as_tensor(input_ids),
+                                       "attention_mask": torch.as_tensor(attention_mask),
+                                       "pixel_values": torch.as_tensor(pixels)})
+        half = features.shape[1] // 2
+        parts = {"image": features[:, :half], "title": features[:, half:], "both": features}
+        for aspect in PROBED_ASPECTS:
+            labels = [aspects[item][aspect] for item in items]
+            for part, x in parts.items():
+                accuracy[aspect][part].append(linear_probe_accuracy(x, labels, seed))
+    chance = {aspect: 1.0 / len({aspects[item][aspect] for item in items}) for aspect in PROBED_ASPECTS}
+    return {"seeds": seeds, "chance": chance,
+            "accuracy": {a: {part: float(np.mean(v)) for part, v in parts.items()} for a, parts in accuracy.items()}}
+
+
 def report(found: dict) -> str:
     metrics = [f"{kind}@{k}" for kind in ("ndcg", "hit") for k in CUTOFFS]
     rows = []
@@ -121,9 +188,18 @@ def report(found: dict) -> str:
         rows.append([ranker, found["results"]["valid"][ranker]["ndcg@20"],
                      *(found["results"]["test"][ranker][m] for m in metrics)])
     rows = [[r[0], *(f"{v:.4f}" for v in r[1:])] for r in rows]
-    return (f"## mmdemo ranking ceiling ({found['users']} users, {found['items']} items; "
+    text = (f"## mmdemo ranking ceiling ({found['users']} users, {found['items']} items; "
             f"leave-one-out, full ranking, history excluded)\n\n"
             + markdown_table(["ranker", "valid NDCG@20", *(f"test {m.upper()}" for m in metrics)], rows))
+    probe = found.get("probe")
+    if probe:
+        probe_rows = [[aspect, f"{probe['chance'][aspect]:.3f}",
+                       *(f"{probe['accuracy'][aspect][part]:.3f}" for part in ("image", "title", "both"))]
+                      for aspect in PROBED_ASPECTS]
+        text += (f"\n\n## What the frozen tiny CLIP's features say about each aspect (linear probe, held-out "
+                 f"accuracy, mean over encoder seeds {', '.join(map(str, probe['seeds']))})\n\n"
+                 + markdown_table(["aspect", "chance", "image half", "title half", "both"], probe_rows))
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset_dir", default=None,
                         help="an mmdemo folder (default: the embedded one, generated if missing)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mmdemo_ceiling"))
+    parser.add_argument("--probe_seeds", nargs="*", type=int, default=[2020, 2021, 2022],
+                        help="tiny-CLIP seeds of the aspect probe (none: no probe)")
     args = parser.parse_args(argv)
     if args.dataset_dir is None:
         from recbole_perpeft.data.registry import resolve_dataset_dir
@@ -139,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dataset_dir = Path(args.dataset_dir)
     found = ceilings(dataset_dir)
+    if args.probe_seeds:
+        found["probe"] = aspect_probe(dataset_dir, args.probe_seeds)
     text = report(found)
     write_outputs(Path(args.out), {"machine": machine(), **found}, text)
     print(text)
