@@ -64,6 +64,8 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
         "throughput": [[str(BENCH / "throughput.py"), *flag, *(["--parts", "catalogue", "steps"] if quick else []),
                         "--out", str(out / "throughput")]],
         "mixed_precision": [[str(BENCH / "mixed_precision.py"), *flag, "--out", str(out / "mixed_precision")]],
+        # the Bayes ceiling of mmdemo's ranking and a probe of the demo encoder (no training; ~1 min)
+        "mmdemo_ceiling": [] if quick else [[str(BENCH / "mmdemo_ceiling.py"), "--out", str(out / "mmdemo_ceiling")]],
         "efficiency_paper": [] if quick else [[str(BENCH / "efficiency.py"), "--parts", "paper",
                                                "--out", str(out / "efficiency_paper")]],
     }
@@ -96,7 +98,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", default=None,
                         help="main_job ablation accuracy overhead efficiency encoder_backends image_bomb "
-                             "throughput mixed_precision efficiency_paper reference")
+                             "throughput mixed_precision mmdemo_ceiling efficiency_paper reference")
     parser.add_argument("--reference", default=None,
                         help="a checkout of github.com/kswoo97/PerPEFT: also run benchmarks/reference.py")
     args = parser.parse_args()
