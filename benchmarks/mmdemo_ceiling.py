@@ -21,7 +21,7 @@ the rest, for the encoder seeds of the accuracy runs.
 
     python benchmarks/mmdemo_ceiling.py                       # the embedded mmdemo (generated if missing)
     python benchmarks/mmdemo_ceiling.py --dataset_dir DIR     # any folder generate_mmdemo wrote
-    python benchmarks/mmdemo_ceiling.py --probe_seeds           # no probe
+    python benchmarks/mmdemo_ceiling.py --probe_seeds         # no probe
 
 Writes benchmarks/results/mmdemo_ceiling.{json,md}. Takes under a minute on a CPU; no recommender is trained.
 """
@@ -87,10 +87,10 @@ def ceilings(dataset_dir: Path) -> dict:
     index = {item: i for i, item in enumerate(items)}
     true_popularity = item_popularity(dataset_dir)
     generating = np.array([true_popularity[item] for item in items])
-    # ranks a few points of popularity apart from a liked item's would reorder nothing: the
-    # offsets only need to put every liked (or in-domain) item above every other one
+    # an offset above every popularity puts each liked (or in-domain) item before all the others
     offset = 10.0 * float(generating.max())
-    domain_of = np.array([aspects[item]["domain"] for item in items])
+    column = {name: np.array([aspects[item][name] for item in items])
+              for name in ("domain", *{row["aspect"] for row in segments.values()})}
 
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     for split, held_out in (("valid", -2), ("test", -1)):
@@ -101,9 +101,8 @@ def ceilings(dataset_dir: Path) -> dict:
             if len(seq) < 3:
                 continue
             truth = segments[user]
-            value_of = np.array([aspects[item][truth["aspect"]] for item in items])
-            in_domain = domain_of == truth["segment"]
-            liked = in_domain & (value_of == truth["value"])
+            in_domain = column["domain"] == truth["segment"]
+            liked = in_domain & (column[truth["aspect"]] == truth["value"])
             target = index[seq[held_out]]
             history = [index[item] for item in seq[:held_out]]
             scorers = {

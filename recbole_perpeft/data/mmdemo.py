@@ -180,6 +180,7 @@ def _draw_catalogue(rng: np.random.Generator, p: dict[str, float | int]) -> dict
 
 
 def item_ids_of(n_items: int) -> list[str]:
+    """The generated item ids, "i0001" onwards (zero-padded to at least four digits)."""
     width = max(4, len(str(n_items)))
     return [f"i{i + 1:0{width}d}" for i in range(n_items)]
 
