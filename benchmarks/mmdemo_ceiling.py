@@ -158,16 +158,18 @@ def aspect_probe(dataset_dir: Path, seeds: list[int]) -> dict:
         titles = {row[0]: row[1] for row in (line.rstrip("\n").split("\t") for line in f)}
     items = sorted(aspects)
     accuracy: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    content: dict[str, torch.Tensor] = {}
     for seed in seeds:
         torch.manual_seed(seed)
         encoder = build_tiny_clip(seed)
-        input_ids, attention_mask = encoder.processor.tokenize([titles[item] for item in items])
-        pixels = encoder.processor.process_images(
-            [Image.open(dataset_dir / "images" / f"{item}.jpg").convert("RGB") for item in items])
+        if not content:  # the processor does not depend on the seed: decode and tokenise once
+            input_ids, attention_mask = encoder.processor.tokenize([titles[item] for item in items])
+            pixels = encoder.processor.process_images(
+                [Image.open(dataset_dir / "images" / f"{item}.jpg").convert("RGB") for item in items])
+            content = {"input_ids": torch.as_tensor(input_ids), "attention_mask": torch.as_tensor(attention_mask),
+                       "pixel_values": torch.as_tensor(pixels)}
         with torch.no_grad():
-            features = encoder.encode({"input_ids": torch.as_tensor(input_ids),
-                                       "attention_mask": torch.as_tensor(attention_mask),
-                                       "pixel_values": torch.as_tensor(pixels)})
+            features = encoder.encode(content)
         half = features.shape[1] // 2
         parts = {"image": features[:, :half], "title": features[:, half:], "both": features}
         for aspect in PROBED_ASPECTS:
@@ -219,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe_seeds:
         found["probe"] = aspect_probe(dataset_dir, args.probe_seeds)
     text = report(found)
-    write_outputs(Path(args.out), {"machine": machine(), **found}, text)
-    print(text)
+    write_outputs(Path(args.out), {"machine": machine(), **found}, text)  # also prints the tables
     return 0
 
 

@@ -33,11 +33,12 @@ def test_ceiling_beats_segment_only_and_popularity(tmp_path):
     out = tmp_path / "ceiling"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "mmdemo_ceiling.py"), "--dataset_dir", str(folder),
                     "--out", str(out), "--probe_seeds", "0"], check=True, capture_output=True, text=True, timeout=300)
-    test = json.loads(out.with_suffix(".json").read_text())["results"]["test"]
+    found = json.loads(out.with_suffix(".json").read_text())
+    test = found["results"]["test"]
     assert test["ceiling"]["ndcg@20"] > test["segment only"]["ndcg@20"] > test["popularity"]["ndcg@20"]
     # noise 0: every next item is a liked one, and 320 items leave few liked ones per user
     assert test["ceiling"]["hit@30"] > 0.6
     assert "| ceiling | " in out.with_suffix(".md").read_text()
     # the image tower sees colour, the title tower does not (titles carry no colour word)
-    colour = json.loads(out.with_suffix(".json").read_text())["probe"]["accuracy"]["colour"]
+    colour = found["probe"]["accuracy"]["colour"]
     assert colour["image"] > 0.5 and colour["title"] < 0.35
