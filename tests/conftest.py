@@ -11,6 +11,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+# Under pytest-xdist each test process gets one torch/OpenMP thread (subprocesses inherit it):
+# two processes on two cores, never four threads fighting over them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 # Small, fast settings for RecBole's sequential baselines on ml-100k.
 SMALL_SEQ = {
     "MAX_ITEM_LIST_LENGTH": 10,

@@ -14,6 +14,9 @@ from recbole_perpeft.data.mmdemo import generate_mmdemo
 from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.tune import load_space, run_search
 
+# One Ray search at a time: under pytest-xdist these tests share one test process.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def _write(path, text):
     path.write_text(text)
