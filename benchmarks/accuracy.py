@@ -42,13 +42,12 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import last_flag_wins, machine, markdown_table, run_cli, write_outputs  # noqa: E402
+from benchmarks.common import last_flag_wins, machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
 
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
 BACKENDS = ("lora", "ia3", "iisan")
@@ -258,7 +257,7 @@ def main() -> None:
     parser.add_argument("--cache_dir", default=None,
                         help="content / IISAN caches (default: the plugin's, reused across runs)")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
+    workdir = scratch_folder("bench-accuracy-")
     extra = list(args.extra)
     if args.cache_dir:
         extra.append(f"--cache_dir={args.cache_dir}")

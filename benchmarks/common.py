@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,41 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+KEEP_WORKDIR = "BENCH_KEEP_WORKDIR"  # set to 1: scratch folders stay after the benchmark
+_scratch_folders: list[Path] = []
+_failed = False
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A new temporary folder for a benchmark's runs (data, caches, logs, checkpoints), removed
+    when the script exits: results are written elsewhere, and a paper-scale run's caches take
+    gigabytes. Kept when the script fails (its path is printed) or when BENCH_KEEP_WORKDIR=1."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    if not _scratch_folders:
+        _watch_for_failure()
+        atexit.register(_remove_scratch_folders)
+    _scratch_folders.append(folder)
+    return folder
+
+
+def _watch_for_failure() -> None:
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        global _failed
+        _failed = True
+        previous(kind, value, traceback)
+
+    sys.excepthook = hook
+
+
+def _remove_scratch_folders() -> None:
+    if _failed or os.environ.get(KEEP_WORKDIR) == "1":
+        for folder in _scratch_folders:
+            print(f"work files kept in {folder}", file=sys.stderr)
+        return
+    for folder in _scratch_folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def last_flag_wins(flags: list[str]) -> list[str]:
@@ -43,7 +80,7 @@ def machine() -> dict[str, Any]:
 
 def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600) -> dict[str, Any]:
     """Run ``run_recbole_perpeft.py`` in its own process (clean peak-memory figures)."""
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="bench-"))
+    workdir = Path(workdir or scratch_folder("bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     result_file = workdir / f"result-{len(list(workdir.glob('result-*.json')))}.json"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

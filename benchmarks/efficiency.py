@@ -40,12 +40,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, markdown_table, run_cli, write_outputs  # noqa: E402
+from benchmarks.common import machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
 
 TPME_WEIGHTS = {"time": 0.45, "params": 0.1, "memory": 0.45}
 
@@ -186,7 +185,7 @@ def main() -> None:
     device_args = {"auto": [], "cpu": ["--use_gpu=False"], "cuda": ["--use_gpu=True"]}[args.device]
     results = Path(__file__).parent / "results"
     if "paper" in parts:
-        workdir = Path(tempfile.mkdtemp(prefix="bench-efficiency-paper-"))
+        workdir = scratch_folder("bench-efficiency-paper-")
         paper = paper_scale(args, workdir, device_args)
         info = machine()
         where = info.get("gpu", f"{info['device']}, {info['cpu_count']} CPUs")
@@ -201,7 +200,7 @@ def main() -> None:
     args.extra = [*args.extra, *device_args]
     from recbole_perpeft.data.mmdemo import generate_mmdemo
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-efficiency-"))
+    workdir = scratch_folder("bench-efficiency-")
     data = workdir / "data"
     dataset = "mmdemo"
     if args.quick:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, markdown_table, run_cli, write_outputs  # noqa: E402
+from benchmarks.common import machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
 from recbole_perpeft.data.mmdemo import generate_mmdemo  # noqa: E402
 
 
@@ -166,7 +165,7 @@ def main() -> None:
     if args.quick:
         args.users, args.items, args.epochs, args.steps, args.eval_users = 200, 200, 1, 3, 20
         args.image_size, args.batch_size = 64, 64
-    args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-encoders-")
+    args.workdir = args.workdir or str(scratch_folder("bench-encoders-"))
     args.cache_dir = args.cache_dir or str(Path(args.workdir) / "cache")
     data_path = Path(args.workdir) / "data"
     dataset = f"mmbench{args.image_size}"

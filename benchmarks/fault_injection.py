@@ -17,13 +17,12 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, machine, markdown_table, write_outputs  # noqa: E402
+from benchmarks.common import REPO, machine, markdown_table, scratch_folder, write_outputs  # noqa: E402
 from recbole_perpeft.data.mmdemo import generate_mmdemo  # noqa: E402
 
 
@@ -40,7 +39,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "fault_injection"))
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="faults-"))
+    work = scratch_folder("faults-")
     generate_mmdemo(work / "data" / "mmfault", n_users=300, n_items=200, seed=3)
     run_args = ["--model=PerPEFT", "--dataset=mmfault", f"--data_path={work / 'data'}",
                 "--foundation_model=tiny-clip", f"--epochs={args.epochs}", "--warmup_epochs=2", "--n_groups=3",

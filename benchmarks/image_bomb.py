@@ -21,14 +21,13 @@ import json
 import shutil
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, run_cli, write_outputs  # noqa: E402
+from benchmarks.common import machine, run_cli, scratch_folder, write_outputs  # noqa: E402
 from recbole_perpeft.data.images import DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
 from recbole_perpeft.data.mmdemo import generate_mmdemo  # noqa: E402
 
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     side = 4000 if args.quick else 13000
     users, items = (100, 160) if args.quick else (400, 800)
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="image-bomb-"))
+    root = Path(args.workdir or str(scratch_folder("image-bomb-")))
     clean_path, bomb_path, victim = make_datasets(root, side, users, items)
     # The quick bomb (16 MP) is under the default cap; a lower cap refuses it the same way.
     cap = 10_000_000 if args.quick else DEFAULT_MAX_IMAGE_PIXELS

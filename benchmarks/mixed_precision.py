@@ -18,12 +18,11 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, markdown_table, run_cli, write_outputs  # noqa: E402
+from benchmarks.common import machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
 
 LABELS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
@@ -46,7 +45,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="toy size: 2 epochs of a small generated dataset")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mixed_precision"))
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-precision-"))
+    workdir = scratch_folder("bench-precision-")
     common = [f"--peft_type={args.peft_type}", f"--cache_dir={workdir / 'cache'}", "--plots=False",
               "--use_gpu=True", *(f"--{flag.lstrip('-')}" for flag in args.extra)]
     common += [f"--{key}={value}" for key in ("epochs", "warmup_epochs") if (value := getattr(args, key)) is not None]

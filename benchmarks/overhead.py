@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, markdown_table, write_outputs  # noqa: E402
+from benchmarks.common import machine, markdown_table, scratch_folder, write_outputs  # noqa: E402
 from recbole_perpeft.encoders import build_foundation_encoder  # noqa: E402
 from recbole_perpeft.model.group_modules import Projector  # noqa: E402
 from recbole_perpeft.peft_backends import build_grouped_encoder  # noqa: E402
@@ -69,7 +68,7 @@ def main() -> None:
     parser.add_argument("--hidden_size", type=int, default=32, help="SASRec width h (projector F -> 2h -> h)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead"))
     args = parser.parse_args()
-    cache_dir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    cache_dir = scratch_folder("bench-overhead-")
     rows = [overhead(args.foundation, backend, args.groups, args.hidden_size, cache_dir) for backend in args.backends]
     table = f"### Parameter overhead of {args.groups} groups on {args.foundation} (PEFT defaults of DESIGN.md §1)\n\n"
     table += markdown_table(

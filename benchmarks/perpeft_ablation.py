@@ -16,12 +16,11 @@ import argparse
 import itertools
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, markdown_table, run_cli, write_outputs  # noqa: E402
+from benchmarks.common import machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
 
 
 def mean_std(values: list[float]) -> str:
@@ -41,7 +40,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "perpeft_ablation"))
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ablation-"))
+    workdir = scratch_folder("bench-ablation-")
     extra = list(args.extra)
     if args.quick:
         from recbole_perpeft.data.mmdemo import generate_mmdemo

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.accuracy import DEFAULT_SCIENTIFIC_RAW, TEXT, prepare_scientific  # noqa: E402
-from benchmarks.common import machine, markdown_table, run_cli, write_outputs  # noqa: E402
+from benchmarks.common import machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
 
 STEPS: list[tuple[str, list[str]]] = [
     ("recipe: paper", ["--recipe=paper"]),
@@ -65,7 +64,7 @@ def main() -> None:
     parser.add_argument("--scientific_raw", default=str(DEFAULT_SCIENTIFIC_RAW))
     parser.add_argument("--data_path", default=None, help="where scientific is converted")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-recipe-"))
+    workdir = scratch_folder("bench-recipe-")
     from recbole_perpeft.cache import perpeft_home
 
     data_path = Path(args.data_path) if args.data_path else perpeft_home() / "datasets"

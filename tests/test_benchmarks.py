@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -28,12 +30,14 @@ def test_encoder_backends_benchmark_quick(tmp_path):
 
 
 def test_perpeft_ablation_benchmark_quick(tmp_path):
-    out = tmp_path / "ablation"
+    out, scratch = tmp_path / "ablation", tmp_path / "tmp"
+    scratch.mkdir()
     subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "perpeft_ablation.py"), "--quick", "--groups", "1", "2",
          "--out", str(out)],
-        check=True, capture_output=True, text=True, timeout=600,
+        check=True, capture_output=True, text=True, timeout=600, env=dict(os.environ, TMPDIR=str(scratch)),
     )
+    assert list(scratch.glob("bench-*")) == []  # its scratch folder (data, caches, runs) is gone
     payload = json.loads(out.with_suffix(".json").read_text())
     assert [run["n_groups"] for run in payload["runs"]] == [1, 2]
     assert payload["runs"][1]["personalised_epoch_seconds"] > 0
@@ -111,3 +115,23 @@ def test_accuracy_rows_give_each_flag_once():
             assert len(keys) == len(set(keys)), (name, row, flags)
             if row.startswith("global"):
                 assert "--n_groups=1" in flags, (name, row, flags)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_scratch_folders_are_removed_unless_the_benchmark_fails(tmp_path, fails):
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from benchmarks.common import scratch_folder\n"
+        "folder = scratch_folder('bench-test-')\n"
+        "(folder / 'run.log').write_text('x')\n"
+        + ("raise RuntimeError('run failed')\n" if fails else "")
+    )
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run([sys.executable, "-c", script, str(REPO)], capture_output=True, text=True,
+                          env=dict(os.environ, TMPDIR=str(scratch)), timeout=120)
+    left = list(scratch.iterdir())
+    if fails:  # kept for a look at the logs, and said where
+        assert done.returncode == 1 and len(left) == 1 and f"work files kept in {left[0]}" in done.stderr
+    else:
+        assert done.returncode == 0 and left == []
