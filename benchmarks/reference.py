@@ -39,7 +39,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +46,7 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import machine, markdown_table, run_cli, write_outputs  # noqa: E402
+from benchmarks.common import machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
 
 NAME = "planted"
 # The reference's entry point and the line of it that fixes the global stage's length.
@@ -162,7 +161,7 @@ def main() -> None:
         sys.exit(2)
     from recbole_perpeft.data.mmdemo import generate_mmdemo
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-reference-"))
+    workdir = scratch_folder("bench-reference-")
     data = workdir / "data"
     generate_mmdemo(data / NAME, n_users=args.users, n_items=args.items, image_size=256, seed=args.seed)
     ref_dir = workdir / "reference"

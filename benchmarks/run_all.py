@@ -73,15 +73,16 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
 
 def main_job_plots(quick: bool) -> None:
     """The README's main job; its plots become results/plots/ (the README shows one)."""
-    work = Path(tempfile.mkdtemp(prefix="bench-mainjob-"))
     extra = ["--epochs=2", "--warmup_epochs=1"] if quick else []
-    subprocess.run([sys.executable, str(REPO / "run_recbole_perpeft.py"), "--model=PerPEFT", "--dataset=mmdemo",
-                    f"--result_file={work / 'mmdemo.json'}", "--show_progress=False", *extra],
-                   cwd=work, check=True)
-    target = (RESULTS / "quick" if quick else RESULTS) / "plots"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(work / "mmdemo_plots", target)
-    shutil.copy(work / "mmdemo.json", target / "mmdemo.json")
+    with tempfile.TemporaryDirectory(prefix="bench-mainjob-") as folder:
+        work = Path(folder)
+        subprocess.run([sys.executable, str(REPO / "run_recbole_perpeft.py"), "--model=PerPEFT", "--dataset=mmdemo",
+                        f"--result_file={work / 'mmdemo.json'}", "--show_progress=False", *extra],
+                       cwd=work, check=True)
+        target = (RESULTS / "quick" if quick else RESULTS) / "plots"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(work / "mmdemo_plots", target)
+        shutil.copy(work / "mmdemo.json", target / "mmdemo.json")
 
 
 def summary(folder: Path) -> Path:

@@ -353,8 +353,12 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    from benchmarks.common import machine, write_outputs
+    from benchmarks.common import machine, scratch_folder, write_outputs
 
+    # Every temporary folder of this run and of its workers (trees, caches, runs) goes under one
+    # scratch folder, removed at the end.
+    scratch = scratch_folder("throughput-")
+    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
     trees = {"baseline": export_tree(args.baseline), "ours": snapshot_tree()}
     report: dict = {"baseline": args.baseline, "machine": machine(), "settings": vars(args),
                     "load": {"start": [round(x, 2) for x in os.getloadavg()]}}
