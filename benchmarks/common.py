@@ -19,7 +19,6 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 KEEP_WORKDIR = "BENCH_KEEP_WORKDIR"  # set to 1: scratch folders stay after the benchmark
 _scratch_folders: list[Path] = []
-_failed = False
 
 
 def scratch_folder(prefix: str) -> Path:
@@ -28,25 +27,14 @@ def scratch_folder(prefix: str) -> Path:
     gigabytes. Kept when the script fails (its path is printed) or when BENCH_KEEP_WORKDIR=1."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     if not _scratch_folders:
-        _watch_for_failure()
         atexit.register(_remove_scratch_folders)
     _scratch_folders.append(folder)
     return folder
 
 
-def _watch_for_failure() -> None:
-    previous = sys.excepthook
-
-    def hook(kind, value, traceback):
-        global _failed
-        _failed = True
-        previous(kind, value, traceback)
-
-    sys.excepthook = hook
-
-
 def _remove_scratch_folders() -> None:
-    if _failed or os.environ.get(KEEP_WORKDIR) == "1":
+    # Python sets sys.last_value when an exception ended the script, before atexit runs.
+    if hasattr(sys, "last_value") or os.environ.get(KEEP_WORKDIR) == "1":
         for folder in _scratch_folders:
             print(f"work files kept in {folder}", file=sys.stderr)
         return

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     side = 4000 if args.quick else 13000
     users, items = (100, 160) if args.quick else (400, 800)
-    root = Path(args.workdir or str(scratch_folder("image-bomb-")))
+    root = Path(args.workdir) if args.workdir else scratch_folder("image-bomb-")
     clean_path, bomb_path, victim = make_datasets(root, side, users, items)
     # The quick bomb (16 MP) is under the default cap; a lower cap refuses it the same way.
     cap = 10_000_000 if args.quick else DEFAULT_MAX_IMAGE_PIXELS
