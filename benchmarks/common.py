@@ -66,15 +66,17 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600) -> dict[str, Any]:
-    """Run ``run_recbole_perpeft.py`` in its own process (clean peak-memory figures)."""
+def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600,
+            entry: list[str] | None = None) -> dict[str, Any]:
+    """Run ``run_recbole_perpeft.py`` (or the command ``entry``, which takes the same flags) in its
+    own process (clean peak-memory figures)."""
     workdir = Path(workdir or scratch_folder("bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     result_file = workdir / f"result-{len(list(workdir.glob('result-*.json')))}.json"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, str(REPO / "run_recbole_perpeft.py"), *args, f"--result_file={result_file}",
+        [*(entry or [sys.executable, str(REPO / "run_recbole_perpeft.py")]), *args, f"--result_file={result_file}",
          "--show_progress=False", "--state=WARNING"],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
     )
