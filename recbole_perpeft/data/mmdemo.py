@@ -12,8 +12,11 @@ items are near-duplicates to one segment and unrelated to another: a user-blind 
 to carry every aspect of every item in one small space, while a per-group encoder only needs its
 domain's aspect; and inside a domain, only negatives from the same domain (group negatives) teach
 which aspect matters. This is the situation PerPEFT is built for, small enough to train on a CPU
-in minutes. Items are many and each is seen by few users, so ID embeddings alone cannot rank
-them: the content path has to do the work.
+in minutes. At the default size (3,200 items, ~8 interactions each) the ID embeddings learn each
+item's pool from co-occurrence about as well as content can tell it: an encoder given the
+ground-truth aspects only ties the ID-only model (``benchmarks/mmdemo_oracle.py``). With more
+items for the same users (``n_items=12800``, ~2 interactions each) the IDs starve and the content
+path carries the ranking.
 
 Generation is deterministic in the seed (same seed -> byte-identical files on the same library
 versions: fixed JPEG settings, no clock time) and atomic (:func:`recbole_perpeft.cache.build_once`:
