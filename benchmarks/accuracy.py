@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import last_flag_wins, machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
+from benchmarks.common import last_flag_wins, machine, markdown_table, mean_std, run_cli, scratch_folder, write_outputs  # noqa: E402
 
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
 BACKENDS = ("lora", "ia3", "iisan")
@@ -153,12 +153,6 @@ def merged_flags(own: list[str], *shared: str) -> list[str]:
 def run_name(run: dict) -> str:
     safe = run["row"].replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("'", "")
     return f"{run['dataset']}__{safe}__{run['seed']}"
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def _tests(records, dataset, row) -> dict[int, dict]:

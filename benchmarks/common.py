@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,13 @@ def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600,
     # the whole process, set-up included (data, content and IISAN caches, grouping, evaluation)
     record["wall_seconds"] = time.perf_counter() - started
     return record
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` to 4 decimals; a single value alone."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def write_outputs(stem: Path, payload: dict[str, Any], table: str) -> None:

@@ -22,15 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
+from benchmarks.common import machine, markdown_table, mean_std, run_cli, scratch_folder, write_outputs  # noqa: E402
 
 LABELS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main() -> None:

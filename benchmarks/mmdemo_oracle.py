@@ -15,7 +15,7 @@ weight 1). Variants: ``mmdemo`` (the embedded demo: 3,200 items, ~8 interactions
 ``mmdemo-12800`` (the same generator with 12,800 items, ~2 interactions each: where IDs are
 starved and content has to carry the ranking).
 
-    OMP_NUM_THREADS=1 python benchmarks/mmdemo_oracle.py --jobs 2       # ~15 min on 2 CPU cores
+    OMP_NUM_THREADS=1 python benchmarks/mmdemo_oracle.py --jobs 2       # ~12 min on 2 CPU cores
     python benchmarks/mmdemo_oracle.py --quick                          # tiny smoke run (1 minute)
 
 Writes benchmarks/results/mmdemo_oracle.{json,md}: validation and test NDCG@20, mean ± std over
@@ -25,8 +25,6 @@ seeds (settings are not chosen here: every row runs the defaults).
 from __future__ import annotations
 
 import argparse
-import csv
-import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +33,17 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, last_flag_wins, machine, markdown_table, run_cli, scratch_folder, write_outputs
+from benchmarks.common import (
+    REPO,
+    last_flag_wins,
+    machine,
+    markdown_table,
+    mean_std,
+    run_cli,
+    scratch_folder,
+    write_outputs,
+)
+from benchmarks.mmdemo_ceiling import read_tsv
 
 ORACLE_FLAG = "--oracle-encoder"  # first argument of this script's worker processes
 ASPECT_COLUMNS = ("domain", "category", "colour", "shape", "pattern", "brand", "adjective")
@@ -57,8 +65,7 @@ def oracle_features(aspects_file: Path, item_tokens: list[str]) -> Any:
     """One row per internal item id: the item's aspects one-hot (padding and unknown ids: zeros)."""
     import torch
 
-    with open(aspects_file, newline="") as handle:
-        rows = {row["item_id"]: row for row in csv.DictReader(handle, delimiter="\t")}
+    rows = read_tsv(aspects_file, "item_id")
     values = {column: sorted({row[column] for row in rows.values()}) for column in ASPECT_COLUMNS}
     offsets, width = {}, 0
     for column in ASPECT_COLUMNS:
@@ -101,13 +108,6 @@ def mmdemo_flags() -> list[str]:
 
     settings = yaml.safe_load((REPO / "properties" / "dataset" / "mmdemo.yaml").read_text())
     return [f"--{key}={value}" for key, value in settings.items()]
-
-
-def summary(records: list[dict], key: str) -> str:
-    values = [record[key] for record in records]
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for row in args.rows:
             mine = [r for r in records if r["variant"] == variant and r["row"] == row]
-            rows.append([row, len(mine), summary(mine, "valid_ndcg@20"), summary(mine, "test_ndcg@20"),
+            rows.append([row, len(mine), mean_std([r["valid_ndcg@20"] for r in mine]),
+                         mean_std([r["test_ndcg@20"] for r in mine]),
                          ", ".join(str(r["best_epoch"]) for r in mine)])
         sections.append(f"### {variant} ({described})\n\n" + markdown_table(
             ["row", "seeds", "valid NDCG@20", "test NDCG@20", "best epoch per seed (from 0)"], rows))

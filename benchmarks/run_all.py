@@ -66,7 +66,7 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
         "mixed_precision": [[str(BENCH / "mixed_precision.py"), *flag, "--out", str(out / "mixed_precision")]],
         # the Bayes ceiling of mmdemo's ranking and a probe of the demo encoder (no training; ~1 min)
         "mmdemo_ceiling": [] if quick else [[str(BENCH / "mmdemo_ceiling.py"), "--out", str(out / "mmdemo_ceiling")]],
-        # what perfect item content adds on mmdemo (an oracle encoder; ~30 min on one CPU core)
+        # what perfect item content adds on mmdemo (an oracle encoder; ~25 min on one CPU core)
         "mmdemo_oracle": [[str(BENCH / "mmdemo_oracle.py"), *flag, "--out", str(out / "mmdemo_oracle")]],
         "efficiency_paper": [] if quick else [[str(BENCH / "efficiency.py"), "--parts", "paper",
                                                "--out", str(out / "efficiency_paper")]],
