@@ -32,6 +32,8 @@ safetensors, plain text tables) for use without this plugin.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import pickle
@@ -46,7 +48,7 @@ from torch import nn
 
 from recbole_perpeft.atomic_write import atomic_open
 from recbole_perpeft.cache import staged_folder
-from recbole_perpeft.errors import CheckpointError, ConfigError
+from recbole_perpeft.errors import CheckpointError, ConfigError, StorageError, storage_cause
 
 CHECKPOINT_FORMAT = 1
 EXPORT_FORMAT = 1
@@ -74,11 +76,36 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` to ``path`` so a crash never leaves a truncated file under that name.
 
     The file gets the usual permissions (0644 under umask 022; see recbole_perpeft.atomic_write).
+    Full disk (quota, read-only mount): the temporary file is removed and a one-line
+    :class:`StorageError` names the file (``torch.save`` itself reports it as a ``RuntimeError``
+    from deep inside its zip writer).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb", fsync=True) as handle:
-        torch.save(obj, handle)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "wb", fsync=True) as handle:
+            torch.save(obj, handle)
+    except (OSError, RuntimeError) as error:
+        cause = storage_cause(error)
+        if cause is None:
+            raise
+        raise StorageError(f"cannot write checkpoint {path}: {cause.strerror or cause} "
+                           f"(free space there or choose another --checkpoint_dir)") from error
+
+
+def remove_stale_temporaries(*paths: str | os.PathLike) -> list[Path]:
+    """Remove the hidden temporary files (``.NAME.<random>.tmp``) of the checkpoints ``paths``.
+
+    Only for files of a run whose writer is gone (a resumed run): a live writer's temporary file
+    would vanish under it. Returns what was removed.
+    """
+    removed = []
+    for path in {Path(p) for p in paths}:
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+                removed.append(stale)
+    return removed
 
 
 def load_checkpoint(
@@ -89,6 +116,8 @@ def load_checkpoint(
     With ``model_name``, a checkpoint of another model is refused too.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file (a saved/<...>.pth file)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -342,6 +371,7 @@ __all__ = [
     "export_model",
     "load_checkpoint",
     "model_checkpoint",
+    "remove_stale_temporaries",
     "resume_file_of",
     "rng_states",
     "run_config_of",

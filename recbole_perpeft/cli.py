@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from recbole_perpeft.config import parse_value
 from recbole_perpeft.config_keys import UnknownConfigKeyWarning
-from recbole_perpeft.errors import ConfigError, PerPEFTError
+from recbole_perpeft.errors import ConfigError, DataWarning, Interrupted, PerPEFTError, storage_cause
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -177,13 +180,63 @@ _python_showwarning = warnings.showwarning
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """The plugin's own warnings as one line (``warning: ...``); others as Python prints them."""
-    if issubclass(category, UnknownConfigKeyWarning):
+    if issubclass(category, (UnknownConfigKeyWarning, DataWarning)):
         print(f"warning: {message}", file=file or sys.stderr)
         return
     _python_showwarning(message, category, filename, lineno, file, line)
 
 
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT raise :class:`Interrupted` in the main thread.
+
+    Python's default SIGTERM ends the process on the spot: no message, and a checkpoint being
+    written stays behind as a hidden ``.tmp`` file. Raised as an exception instead, the writers'
+    cleanup runs and the CLI ends with one line and the shell's code (143, 130).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def interrupted_line(stop: Interrupted) -> str:
+    """The one line a run stopped by a signal ends with: which signal, and how to continue."""
+    name = signal.Signals(stop.signum).name
+    if stop.resume_file:
+        return (f"interrupted by {name}; nothing half-written is left, and the last complete epoch is saved: "
+                f"continue with --resume={stop.resume_file}")
+    return f"interrupted by {name} before any epoch was saved; nothing half-written is left"
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
+    try:
+        with signals_interrupt():
+            return _dispatch(argv)
+    except Interrupted as stop:
+        print(f"error: {interrupted_line(stop)}", file=sys.stderr)
+        return stop.exit_code
+    except (OSError, RuntimeError) as error:
+        # A full disk (or quota, read-only mount) met by a writer without its own message: the
+        # writers remove their temporary files on the way out, so one line is all that is left.
+        cause = storage_cause(error)
+        if cause is None:
+            raise
+        where = f" {cause.filename}" if cause.filename else ""
+        print(f"error: cannot write{where}: {cause.strerror or cause}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg == "--recommend" or arg.startswith("--recommend=") for arg in argv):
         try:

@@ -11,6 +11,7 @@ import logging
 import os
 import resource
 import sys
+import tempfile
 from collections.abc import Callable
 from logging import getLogger
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Any
 import torch
 from recbole.utils import init_logger
 
+from recbole_perpeft.atomic_write import atomic_write_text
 from recbole_perpeft.checkpoint import check_export_dir, export_model, run_config_of
 from recbole_perpeft.config import Config
-from recbole_perpeft.errors import ConfigError
+from recbole_perpeft.errors import ConfigError, Interrupted, StorageError
 from recbole_perpeft.plots import plot_run, plots_dir_for
 from recbole_perpeft.run import build_config, build_run
 from recbole_perpeft.run_identity import find_resume_file, run_identity
@@ -87,8 +89,11 @@ def run(
     ``prebuilt_dataset`` is a dataset object already built for the same data settings.
     """
     is_writer = config["single_spec"] or config["local_rank"] == 0
+    # Every output is checked before training, not found unwritable after it.
     if export_dir is not None and is_writer:
-        check_export_dir(export_dir)  # before training, not after it
+        check_export_dir(export_dir)
+    if result_file and is_writer:
+        check_output_file(result_file, "--result_file")
     # RecBole creates these with check-then-mkdir; parallel ranks / trials would race on it.
     for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
         try:
@@ -96,6 +101,8 @@ def run(
         except OSError as error:
             raise ConfigError(f"cannot create the folder '{folder}' (logs and checkpoints go there, "
                               f"relative to {os.getcwd()}): {error}") from error
+    if saved and is_writer:
+        check_writable_folder(config["checkpoint_dir"], "checkpoint_dir")
     init_logger(config)
     send_console_logs_to_stdout()
     logger = getLogger()
@@ -112,15 +119,19 @@ def run(
         def epoch_callback(epoch_idx: int, valid_score: float) -> None:
             callback_fn(epoch_idx, valid_score, trainer)
 
-    best_valid_score, best_valid_result = trainer.fit(
-        built.train_data, built.valid_data, saved=saved, show_progress=config["show_progress"],
-        callback_fn=epoch_callback,
-    )
-    test_result = None
-    if evaluate_test:
-        test_result = trainer.evaluate(
-            built.test_data, load_best_model=saved, show_progress=config["show_progress"]
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            built.train_data, built.valid_data, saved=saved, show_progress=config["show_progress"],
+            callback_fn=epoch_callback,
         )
+        test_result = None
+        if evaluate_test:
+            test_result = trainer.evaluate(
+                built.test_data, load_best_model=saved, show_progress=config["show_progress"]
+            )
+    except Interrupted as stop:
+        stop.resume_file = getattr(trainer, "last_resume_file", None)  # what the CLI's line points at
+        raise
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
 
@@ -174,10 +185,42 @@ def draw_plots(record: dict[str, Any], out_dir: Path, logger: logging.Logger) ->
     return paths
 
 
+def check_output_file(path: str | os.PathLike, flag: str) -> None:
+    """Refuse (one-line :class:`ConfigError`) an output file that could not be written later.
+
+    Refused: a directory, a path below a file, a folder that cannot be written. The check probes
+    the nearest existing folder with a temporary file (``os.access`` answers True for root and
+    ignores read-only mounts); nothing is created or left.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name (e.g. {path / 'result.json'})")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path} cannot be created: {folder} is a file, not a folder")
+    check_writable_folder(folder, flag)
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
+    """Refuse a folder that cannot be written to (probed with a temporary file, removed at once)."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot write to {folder} ({error.strerror or error})") from error
+
+
 def write_result(record: dict[str, Any], result_file: str | Path) -> None:
+    """The result record as JSON, written atomically; a full disk is one :class:`StorageError` line."""
     path = Path(result_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    except OSError as error:
+        raise StorageError(f"cannot write the result file {path}: {error.strerror or error}") from error
 
 
 def send_console_logs_to_stdout() -> None:

@@ -20,14 +20,16 @@ from recbole.trainer import Trainer
 from torch.nn.utils import clip_grad_norm_
 
 from recbole_perpeft.checkpoint import (
+    RESUME_SUFFIX,
     atomic_torch_save,
     load_checkpoint,
     model_checkpoint,
+    remove_stale_temporaries,
     resume_file_of,
     set_rng_states,
     unique_checkpoint_name,
 )
-from recbole_perpeft.errors import TrainingDivergedError
+from recbole_perpeft.errors import StorageError, TrainingDivergedError
 from recbole_perpeft.precision import autocast, resolve_mixed_precision
 from recbole_perpeft.run_identity import check_resume_identity, check_vocabulary
 
@@ -68,6 +70,9 @@ class SafeTrainerMixin:
         # Set by the run (recbole_perpeft.run_identity.run_identity): written into every checkpoint,
         # checked when resuming and when loading weights.
         self.run_identity: dict[str, str] | None = None
+        # The newest resume file known to be complete on disk (written by this run, or the one it
+        # resumed from): what an interrupted or failed run tells the user to continue from.
+        self.last_resume_file: str | None = None
         if distributed:
             from recbole_perpeft.distributed import DistributedLoss, broadcast_object
 
@@ -161,8 +166,6 @@ class SafeTrainerMixin:
             # RecBole would overwrite the best checkpoint with the last weights here.
             self.logger.info("training had already finished before the resume")
             return self.best_valid_score, self.best_valid_result
-        if saved:
-            self.logger.info(f"if this run is interrupted, continue it with --resume={self.resume_file}")
 
         def after_epoch(epoch_idx, valid_score):
             self.valid_scores.append([int(epoch_idx), float(valid_score)])
@@ -224,13 +227,27 @@ class SafeTrainerMixin:
         generator = getattr(self._train_data, "generator", None)
         if isinstance(generator, torch.Generator):
             state["rng"]["train_loader"] = generator.get_state()
-        atomic_torch_save(state, self.resume_file)
+        self._write(state, self.resume_file)
+        if self.last_resume_file != self.resume_file:
+            # Said once the file exists (never before: a run that fails in its first epoch
+            # must not point at a file that was never written).
+            self.logger.info(f"if this run is interrupted, continue it with --resume={self.resume_file}")
+        self.last_resume_file = self.resume_file
+
+    def _write(self, state: dict[str, Any], path: str) -> None:
+        """``atomic_torch_save``; a full disk's one line also says what is left to resume from."""
+        try:
+            atomic_torch_save(state, path)
+        except StorageError as error:
+            left = (f"the last complete epoch is in {self.last_resume_file}" if self.last_resume_file
+                    else "no epoch of this run was saved")
+            raise StorageError(f"{error}; {left}") from error
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        atomic_torch_save(self.checkpoint_state(epoch), saved_model_file)
+        self._write(self.checkpoint_state(epoch), saved_model_file)
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
 
@@ -274,6 +291,11 @@ class SafeTrainerMixin:
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.saved_model_file = checkpoint.get("best_checkpoint", resume_file)
+        if resume_file.endswith(RESUME_SUFFIX):
+            self.last_resume_file = resume_file
+        # The interrupted process cannot finish its writes any more: a SIGKILL (or power loss)
+        # mid-write left its hidden temporary files behind.
+        remove_stale_temporaries(resume_file, self.saved_model_file, self.resume_file)
         if checkpoint.get("best_valid_result") is not None:
             self.best_valid_result = checkpoint["best_valid_result"]
         self.train_loss_dict = {epoch: loss for epoch, loss in checkpoint.get("train_loss", [])}
