@@ -20,6 +20,7 @@ All of it lives under one root, :func:`perpeft_home` (``$RECBOLE_PERPEFT_HOME``,
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -28,7 +29,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock
+
+from recbole_perpeft.errors import StorageError, storage_cause
 
 HOME_ENV = "RECBOLE_PERPEFT_HOME"
 
@@ -121,13 +125,54 @@ def build_once(
         # Leftovers of a crashed build: nobody else is building this target, we hold the lock.
         for stale in root.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        with staged_folder(target) as staging:
-            build(staging)
+        try:
+            with staged_folder(target) as staging:
+                build(staging)
+        except (OSError, RuntimeError) as error:
+            cause = storage_cause(error)
+            if cause is None:
+                raise
+            # staged_folder already removed the half-built folder.
+            raise StorageError(
+                f"cannot build {target}: {cause.strerror or cause}; nothing partial is kept "
+                f"(free space in {root}, or set --cache_dir to a folder with room)"
+            ) from error
     return True
+
+
+def allocated_memmap(path: Path, dtype: str | np.dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` file opened as a writable memory map, with its disk blocks reserved first.
+
+    ``np.lib.format.open_memmap`` makes a sparse file: on a full disk the first store into an
+    unbacked page kills the process with SIGBUS (no message, the temporary folder left behind).
+    Reserved up front, a full disk is an ``OSError`` (ENOSPC) here instead, which the caller's
+    cleanup and :func:`build_once` turn into one line.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    data_bytes = int(array.nbytes)
+    del array
+    size = os.path.getsize(path)
+    if data_bytes:
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, size)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                # A file system that cannot reserve blocks: write the zeros (after the header).
+                handle.seek(size - data_bytes)
+                chunk = bytes(min(data_bytes, 1 << 24))
+                left = data_bytes
+                while left:
+                    left -= handle.write(chunk[: min(left, len(chunk))])
+                handle.flush()
+                os.fsync(handle.fileno())
+    return np.load(path, mmap_mode="r+")
 
 
 __all__ = [
     "HOME_ENV",
+    "allocated_memmap",
     "CacheNotWritableError",
     "build_once",
     "cache_root",

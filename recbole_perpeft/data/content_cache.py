@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from recbole_perpeft.cache import CacheNotWritableError, build_once
+from recbole_perpeft.cache import CacheNotWritableError, allocated_memmap, build_once
 from recbole_perpeft.data.content import ItemContent
 from recbole_perpeft.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -218,9 +218,7 @@ def _build(
     if processor.image_shape is not None:
         shape = (n, *processor.image_shape)
         # float16 halves the disk; written batch by batch so the full array never sits in RAM.
-        pixels = np.lib.format.open_memmap(
-            tmp / "pixel_values.npy", mode="w+", dtype=np.float16, shape=shape
-        )
+        pixels = allocated_memmap(tmp / "pixel_values.npy", np.float16, shape)
     refused: dict[str, list[str]] = {UNDECODABLE: [], TOO_MANY_PIXELS: []}
     bar = tqdm(total=n, desc="content cache", unit="item", disable=not show_progress)
     for start in range(0, n, batch_size):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recbole_perpeft.cache import build_once
+from recbole_perpeft.cache import allocated_memmap, build_once
 from recbole_perpeft.encoders.base import FoundationEncoder, length_buckets, title_lengths
 
 CONTENT_KEYS = ("input_ids", "attention_mask", "pixel_values", "has_title", "has_image")
@@ -146,7 +146,7 @@ def cached_arrays(
 
     def build(folder: Path) -> None:
         arrays = {
-            name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+            name: allocated_memmap(folder / f"{name}.npy", dtype, shape)  # full disk: ENOSPC, not SIGBUS
             for name, (shape, dtype) in specs.items()
         }
         fill(arrays)
