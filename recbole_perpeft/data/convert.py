@@ -29,9 +29,11 @@ from typing import IO, Any
 
 import pandas as pd
 
+from recbole_perpeft.atomic_write import atomic_write_text
 from recbole_perpeft.data.content import write_inter_file, write_item_file
 from recbole_perpeft.data.download import download_images, safe_image_name
 from recbole_perpeft.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from recbole_perpeft.errors import storage_cause
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ASIN = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -79,6 +81,61 @@ def _check_name(name: str) -> None:
             f"dataset name {name!r} must start with a letter or digit and contain only "
             "letters, digits, '.', '_' and '-'"
         )
+
+
+# Written into every dataset folder a converter fills: which converter, from which files. A
+# second conversion into the same folder must come from the same source (re-running resumes an
+# interrupted image download); anything else would replace another dataset's files and mix its
+# images with the new ones, so it is refused unless --overwrite is given.
+PROVENANCE_FILE = "converted_from.json"
+
+
+def _provenance(converter: str, **sources: Path | str | None) -> dict[str, str]:
+    return {"converter": converter,
+            **{key: str(Path(value).resolve()) if isinstance(value, Path) else str(value)
+               for key, value in sources.items() if value is not None}}
+
+
+def _check_dataset_folder(dataset_dir: Path, provenance: dict[str, str], overwrite: bool) -> bool:
+    """Whether ``dataset_dir`` may be written by this conversion; True when it must be emptied first.
+
+    Refused (:class:`ConversionError`, nothing written): a file in its place, or a non-empty folder
+    that another converter or source filled (or that holds no provenance record), unless
+    ``overwrite``.
+    """
+    if not dataset_dir.exists():
+        return False
+    if not dataset_dir.is_dir():
+        raise ConversionError(f"{dataset_dir} is a file; the dataset goes into a folder of that name")
+    held = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in dataset_dir.iterdir())
+    if not held:
+        return False
+    try:
+        previous = json.loads((dataset_dir / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if previous == provenance:
+        return False  # the same conversion again: it resumes or refreshes its own files
+    if overwrite:
+        return True
+    shown = ", ".join(held[:_EXAMPLES]) + (", ..." if len(held) > _EXAMPLES else "")
+    origin = ("converted by this tool from other input" if isinstance(previous, dict)
+              else "not written by this converter")
+    raise ConversionError(
+        f"{dataset_dir} already holds a dataset ({shown}) {origin}; nothing was written: "
+        "choose another --name or --out, or pass --overwrite to replace it"
+    )
+
+
+def _prepare_dataset_folder(dataset_dir: Path, provenance: dict[str, str], empty_first: bool) -> None:
+    """Create ``dataset_dir`` (emptied first under ``--overwrite``) and record where it comes from."""
+    if empty_first:
+        # Renamed away first, so an interrupted removal never leaves a half-deleted dataset in place.
+        trash = dataset_dir.parent / f".{dataset_dir.name}.replaced-{os.getpid()}"
+        os.rename(dataset_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dataset_dir / PROVENANCE_FILE, json.dumps(provenance, indent=1) + "\n")
 
 
 def _open_text(path: Path) -> IO[str]:
@@ -185,12 +242,14 @@ def convert_amazon2023(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     backoff: float = 0.5,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> ConversionReport:
     """Amazon Reviews 2023 ``<Category>.jsonl(.gz)`` + ``meta_<Category>.jsonl(.gz)`` -> dataset.
 
     Keeps the first interaction of each (user, item) pair in time, applies an iterative k-core,
     writes ``.inter`` in time order (ties keep file order) and ``.item``, and downloads one
-    image per item unless ``images`` is false.
+    image per item unless ``images`` is false. ``out/name`` must be new, empty, or this same
+    conversion's earlier output; ``overwrite`` replaces whatever it holds.
     """
     _check_name(name)
     if kcore_k < 0:
@@ -199,6 +258,8 @@ def convert_amazon2023(
         raise ConversionError(f"--timeout must be > 0 s, --retries >= 0, --backoff >= 0 s; got "
                               f"{timeout}, {retries}, {backoff}")
     dataset_dir = Path(out) / name
+    provenance = _provenance("amazon2023", reviews=Path(reviews), meta=Path(meta))
+    empty_first = _check_dataset_folder(dataset_dir, provenance, overwrite)
     report = ConversionReport(name, dataset_dir)
     c = report.counts
 
@@ -285,7 +346,7 @@ def convert_amazon2023(
     )
     c["items_without_image_url"] = sum(1 for i in item_order if not urls.get(i))
 
-    dataset_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_dataset_folder(dataset_dir, provenance, empty_first)
     files: dict[str, str] = {}
     if images:
         jobs = [(i, urls[i]) for i in item_order if urls.get(i)]
@@ -371,12 +432,14 @@ def convert_perpeft_release(
     out: Path,
     trust_pickles: bool = False,
     release_name: str | None = None,
+    overwrite: bool = False,
 ) -> ConversionReport:
     """The PerPEFT release (``NAME_final.txt``, two pickles, ``NAME_images/``) -> dataset.
 
     Pickles run code when loaded: they are read only with ``trust_pickles`` (trusted input).
     Every user's line order is kept through a synthetic increasing timestamp (the line number).
-    ``release_name`` is the file prefix in ``src_dir`` when it differs from ``name``.
+    ``release_name`` is the file prefix in ``src_dir`` when it differs from ``name``. ``out/name``
+    must be new, empty, or this same conversion's earlier output; ``overwrite`` replaces it.
     """
     _check_name(name)
     prefix = release_name or name
@@ -400,6 +463,8 @@ def convert_perpeft_release(
             "source you trust (e.g. the authors' release you downloaded yourself)."
         )
     dataset_dir = Path(out) / name
+    provenance = _provenance("perpeft-release", source=src_dir, release_name=prefix)
+    empty_first = _check_dataset_folder(dataset_dir, provenance, overwrite)
     report = ConversionReport(name, dataset_dir)
     c = report.counts
 
@@ -453,7 +518,7 @@ def convert_perpeft_release(
     c["interactions"] = len(rows)
     c["item_ids_missing_from_item2id"] = len(unknown_ids)
 
-    dataset_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_dataset_folder(dataset_dir, provenance, empty_first)
     images_dir = dataset_dir / "images"
     images_dir.mkdir(exist_ok=True)
     item_rows: list[tuple[str, str, str]] = []
@@ -551,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--backoff", type=_non_negative_seconds, default=0.5, help="first retry delay in seconds (doubles)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace what DATA_PATH/NAME holds (refused otherwise, unless it is this conversion's)")
     r = sub.add_parser("perpeft-release", help="the PerPEFT paper's released files")
     r.add_argument(
         "src_dir",
@@ -572,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow loading the release's pickles (they can run code: trusted files only)",
     )
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace what DATA_PATH/NAME holds (refused otherwise, unless it is this conversion's)")
     return parser
 
 
@@ -596,17 +665,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_image_pixels=args.max_image_pixels,
                 backoff=args.backoff,
                 show_progress=not args.quiet,
+                overwrite=args.overwrite,
             )
         else:
             report = convert_perpeft_release(
-                args.src_dir, args.name, args.out, args.trust_pickles, args.release_name
+                args.src_dir, args.name, args.out, args.trust_pickles, args.release_name,
+                overwrite=args.overwrite,
             )
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        # A full disk (quota, read-only mount) is the environment's fault, reported like bad input.
+        return 2 if storage_cause(err) is not None else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
