@@ -201,11 +201,15 @@ def default_foundation_model(dataset_dir: Path, dataset: str, final: dict[str, A
 
     Resolved here, once, so the run's config (and every checkpoint's copy of it) names the model.
     """
-    from recbole_perpeft.data.content import item_file_has_column
+    from recbole_perpeft.data.content import item_file_has_images
     from recbole_perpeft.encoders.factory import choose_foundation_model
 
+    # Decided by the images themselves, not by the column: the converter's --no-images output has
+    # an image column that is empty for every item, and CLIP would then be fetched for nothing.
     image_field = final.get("IMAGE_FIELD")
-    has_images = bool(image_field) and item_file_has_column(dataset_dir / f"{dataset}.item", image_field)
+    images_root = dataset_dir / (final.get("image_dir") or "images")
+    has_images = bool(image_field) and item_file_has_images(dataset_dir / f"{dataset}.item", image_field,
+                                                             images_root)
     return choose_foundation_model(has_images)
 
 

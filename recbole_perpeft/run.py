@@ -89,6 +89,20 @@ def create_dataset(config: Config):
     return build_dataset(dataset_class, config)
 
 
+def check_topk(config: Config, dataset: Any) -> None:
+    """Refuse a ``topk`` above the catalogue under full ranking, before the model is loaded.
+
+    (RecBole would stop at the first validation with ``RuntimeError: selected index k out of range``.)
+    """
+    modes = (config["eval_args"] or {}).get("mode")
+    modes = modes.values() if isinstance(modes, dict) else [modes]
+    n_items = dataset.item_num - 1
+    largest = max(config["topk"] or [0])
+    if any(str(mode).lower() == "full" for mode in modes) and largest > n_items:
+        raise ConfigError(f"topk {largest} is more than the {n_items} items of dataset '{config['dataset']}': "
+                          f"lower --topk (e.g. --topk=\"[{min(10, n_items)}]\")")
+
+
 @dataclass
 class Run:
     """Everything :func:`build_run` built; ``trainer`` is ``None`` when not asked for."""
@@ -118,6 +132,7 @@ def build_run(config: Config, *, dataset: Any = None, with_trainer: bool = True)
     else:
         dataset.config = config
     logger.info(dataset)
+    check_topk(config, dataset)
     stats = {"users": dataset.user_num - 1, "items": dataset.item_num - 1, "interactions": dataset.inter_num}
     with unsharded_loaders(config):  # under DDP, batches are split by rows in the trainer
         train_data, valid_data, test_data = data_preparation(config, dataset)

@@ -100,6 +100,29 @@ def item_file_has_column(item_path: Path, name: str) -> bool:
     return _field_index(_split(header), name) is not None
 
 
+def item_file_has_images(item_path: Path, image_field: str, images_root: Path) -> bool:
+    """True when some item of ``item_path`` names an image file that exists under ``images_root``.
+
+    A column that exists but is empty for every item (the converter's ``--no-images`` output)
+    or names only missing files is False: such a dataset is text-only. Stops at the first image.
+    """
+    try:
+        with open(item_path, encoding="utf-8", errors="replace") as handle:
+            column = _field_index(_split(handle.readline().lstrip("\ufeff").rstrip("\r\n")), image_field)
+            if column is None:
+                return False
+            for line in handle:
+                fields = _split(line.rstrip("\r\n"))
+                value = fields[column].strip() if column < len(fields) else ""
+                if value:
+                    path = resolve_inside(images_root, value)
+                    if path is not None and path.is_file():
+                        return True
+    except OSError:
+        return False
+    return False
+
+
 def _field_index(header: list[str], name: str) -> int | None:
     """Column of ``name`` in a RecBole header (``name:type``); ``None`` when absent."""
     for i, column in enumerate(header):

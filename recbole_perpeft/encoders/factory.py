@@ -8,10 +8,12 @@ one line saying how to run offline (instead of a minute of retries and several t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -163,6 +165,32 @@ def _build_from_hub(
             f"cannot load foundation model {name!r}: {_first_line(error)}. "
             f"Names available locally: {', '.join(local_model_names(cache_dir))}"
         ) from error
+
+
+@contextlib.contextmanager
+def progress_bars(shown: bool) -> Iterator[None]:
+    """transformers' and huggingface_hub's progress bars (``Loading weights``, downloads) on or off.
+
+    Off while a run with ``show_progress: False`` loads its model: those bars go to stderr, which
+    the CLI keeps for what went wrong.
+    """
+    if shown:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    restore_transformers = transformers_logging.is_progress_bar_enabled()
+    restore_hub = not are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if restore_transformers:
+            transformers_logging.enable_progress_bar()
+        if restore_hub:
+            enable_progress_bars()
 
 
 def build_foundation_encoder(

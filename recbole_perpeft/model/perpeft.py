@@ -367,10 +367,12 @@ def build_item_encoder(config, dataset, n_groups: int):
     """The foundation model, its content cache and the PEFT backend with ``n_groups`` adapters."""
     from recbole_perpeft.data.content_cache import build_or_load_content_cache
     from recbole_perpeft.encoders import build_foundation_encoder
+    from recbole_perpeft.encoders.factory import progress_bars
     from recbole_perpeft.peft_backends import build_grouped_encoder
 
     caches = cache_root(config["cache_dir"])
-    foundation = build_foundation_encoder(config["foundation_model"], seed=config["seed"])
+    with progress_bars(config["show_progress"]):
+        foundation = build_foundation_encoder(config["foundation_model"], seed=config["seed"])
     content = build_or_load_content_cache(
         dataset.item_content,
         foundation.processor,

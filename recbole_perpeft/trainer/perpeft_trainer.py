@@ -10,6 +10,7 @@ group's item table and reports per-group metrics.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
 from recbole.utils import calculate_valid_score
 
+from recbole_perpeft.errors import DataWarning
 from recbole_perpeft.model.grouping import (
     Grouping,
     cluster_users,
@@ -70,10 +72,12 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self.grouping_sequence = config["grouping_sequence"]
         self.min_group_size = config["min_group_size"] or 1
         if model.n_groups > 1 and self.warmup_epochs >= self.epochs:
-            self.logger.warning(
-                f"warmup_epochs={self.warmup_epochs} >= epochs={self.epochs}: users are never grouped, "
-                "this run trains the global model only"
-            )
+            message = (f"warmup_epochs={self.warmup_epochs} >= epochs={self.epochs}: users are never grouped, "
+                       "this run trains the global model only")
+            self.logger.warning(message)
+            # Also on stderr (one line from the CLI): the log alone goes unread, and the result
+            # would pass for a personalised one.
+            warnings.warn(message, DataWarning, stacklevel=2)
         self.model_selection = config["model_selection"]
         self.selection: GroupSelection | None = None
         if self.model_selection == "group" and model.n_groups > 1:
