@@ -14,13 +14,14 @@ On top of RecBole's ``SequentialDataset`` it
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
 
-from recbole_perpeft.errors import ConfigError
+from recbole_perpeft.errors import ConfigError, DataWarning
 
 TRAIN_UNITS = ("prefix", "user", "window")
 
@@ -135,6 +136,36 @@ class PluginSequentialDataset(SequentialDataset):
                 "user_inter_num_interval=\"[3,inf)\" if that is not wanted"
             )
         return short
+
+    def _remove_duplication(self):
+        self._drop_repeated_rows()
+        super()._remove_duplication()
+
+    def _drop_repeated_rows(self) -> int:
+        """Drop repeated (user, item, timestamp) rows, keeping the first; warn with the counts.
+
+        A repeated row is one event recorded twice (an export that appended a file to itself, a
+        join that fanned out). Kept, it leaks the answer: with every row doubled, a user's
+        validation and test targets are the same item and hit@10 reaches 1.0. Repeated (user,
+        item) pairs at other times are real re-consumption and stay.
+        """
+        fields = [self.uid_field, self.iid_field, self.time_field]
+        if not all(field and field in self.inter_feat for field in fields):
+            return 0  # no time column loaded: a repeat cannot be told from a re-consumption
+        repeated = self.inter_feat.duplicated(subset=fields, keep="first")
+        dropped = int(repeated.sum())
+        if dropped:
+            before = len(self.inter_feat)
+            example = self.inter_feat[repeated].iloc[0]
+            message = (
+                f"{self.dataset_name}: {dropped} of {before} interaction rows repeat an earlier row's "
+                f"(user, item, timestamp) and were dropped, {before - dropped} remain (e.g. user "
+                f"{example[self.uid_field]}, item {example[self.iid_field]} at {example[self.time_field]})"
+            )
+            self.inter_feat = self.inter_feat[~repeated]
+            self.logger.warning(message)
+            warnings.warn(message, DataWarning, stacklevel=2)
+        return dropped
 
     def _filter_by_inter_num(self):
         # RecBole filters silently; say how many users and items the intervals removed.
