@@ -122,9 +122,14 @@ def recommend_main(argv: list[str]) -> int:
     )
 
     overrides = parse_overrides(rest)
+    # What needs no model is checked before the (possibly minutes-long) model load.
+    if known.topk < 1:
+        raise ConfigError(f"--topk must be a positive integer, got {known.topk}")
     if known.histories:
         rows = read_history_file(known.histories)
     else:
+        if not known.history.split():
+            raise InvalidHistoryError("--history is empty: give raw item ids, oldest first, separated by spaces")
         rows = [HistoryLine(0, known.user_id, known.history.split())]
     with warnings.catch_warnings():
         # Library deprecation notices (pandas, transformers, torch.amp) say nothing to this user.
