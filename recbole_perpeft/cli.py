@@ -220,13 +220,12 @@ def interrupted_line(stop: Interrupted) -> str:
     if stop.resume_file:
         return (f"interrupted by {name}; nothing half-written is left, and the last complete epoch is saved: "
                 f"continue with --resume={stop.resume_file}")
-    return f"interrupted by {name} before any epoch was saved; nothing half-written is left"
+    return f"interrupted by {name} before this run saved an epoch; nothing half-written is left"
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
     try:
-        with signals_interrupt():
-            return _dispatch(argv)
+        return _dispatch(argv)
     except Interrupted as stop:
         print(f"error: {interrupted_line(stop)}", file=sys.stderr)
         return stop.exit_code
@@ -276,7 +275,11 @@ def _dispatch(argv: Sequence[str] | None = None) -> int:
                 record = run_distributed(config, config_files, overrides, result_file=known.result_file,
                                          export_dir=known.export)
             else:
-                record = run(config, result_file=known.result_file, resume=known.resume, export_dir=known.export)
+                # One process: a signal becomes Interrupted (a search and DDP keep their own handling
+                # of SIGINT, Ray's and the launcher's).
+                with signals_interrupt():
+                    record = run(config, result_file=known.result_file, resume=known.resume,
+                                 export_dir=known.export)
         finally:
             close_log_handlers()
     except PerPEFTError as error:
