@@ -257,6 +257,9 @@ def convert_amazon2023(
     if not 0 < timeout < float("inf") or retries < 0 or not 0 <= backoff < float("inf"):
         raise ConversionError(f"--timeout must be > 0 s, --retries >= 0, --backoff >= 0 s; got "
                               f"{timeout}, {retries}, {backoff}")
+    for path in (Path(reviews), Path(meta)):  # a missing input is the first thing to hear about
+        if not path.is_file():
+            raise ConversionError(f"input file {path} does not exist")
     dataset_dir = Path(out) / name
     provenance = _provenance("amazon2023", reviews=Path(reviews), meta=Path(meta))
     empty_first = _check_dataset_folder(dataset_dir, provenance, overwrite)
