@@ -156,13 +156,18 @@ class PluginSequentialDataset(SequentialDataset):
         dropped = int(repeated.sum())
         if dropped:
             before = len(self.inter_feat)
-            example = self.inter_feat[repeated].iloc[0]
-            message = (
-                f"{self.dataset_name}: {dropped} of {before} interaction rows repeat an earlier row's "
-                f"(user, item, timestamp) and were dropped, {before - dropped} remain (e.g. user "
-                f"{example[self.uid_field]}, item {example[self.iid_field]} at {example[self.time_field]})"
-            )
-            self.inter_feat = self.inter_feat[~repeated]
+            first = self.inter_feat[repeated].iloc[0]
+            example = f"e.g. user {first[self.uid_field]}, item {first[self.iid_field]} at {first[self.time_field]}"
+            if self.benchmark_filename_list:
+                # Pre-split files: the split is the row counts of each file, which dropping would shift.
+                message = (f"{self.dataset_name}: {dropped} of {before} interaction rows repeat an earlier row's "
+                           f"(user, item, timestamp) ({example}); kept, because benchmark_filename gives the "
+                           "split by row counts: remove them from the files")
+                dropped = 0
+            else:
+                message = (f"{self.dataset_name}: {dropped} of {before} interaction rows repeat an earlier row's "
+                           f"(user, item, timestamp) and were dropped, {before - dropped} remain ({example})")
+                self.inter_feat = self.inter_feat[~repeated]
             self.logger.warning(message)
             warnings.warn(message, DataWarning, stacklevel=2)
         return dropped
