@@ -147,7 +147,14 @@ def test_auto_foundation_model_follows_the_dataset(tmp_path) -> None:
     (folder / "txt.item").write_text("item_id:token\ttitle:token_seq\ni1\tA title\n")
     settings = {"data_path": str(tmp_path / "data"), "state": "ERROR"}
     assert Config("PerPEFT", "txt", config_dict=settings)["foundation_model"] == "all-MiniLM-L6-v2"
+    # An image column decides nothing by itself: empty (the converter's --no-images output), or
+    # naming files that are not there, the dataset is text-only.
+    (folder / "txt.item").write_text("item_id:token\ttitle:token_seq\timage:token\ni1\tA title\t\n")
+    assert Config("PerPEFT", "txt", config_dict=settings)["foundation_model"] == "all-MiniLM-L6-v2"
     (folder / "txt.item").write_text("item_id:token\ttitle:token_seq\timage:token\ni1\tA title\ti1.jpg\n")
+    assert Config("PerPEFT", "txt", config_dict=settings)["foundation_model"] == "all-MiniLM-L6-v2"
+    (folder / "images").mkdir()
+    (folder / "images" / "i1.jpg").write_bytes(b"an image file")
     assert Config("PerPEFT", "txt", config_dict=settings)["foundation_model"] == DEFAULT_CLIP
     assert Config("PerPEFT", "txt", config_dict={**settings, "IMAGE_FIELD": None})["foundation_model"] == \
         "all-MiniLM-L6-v2"
