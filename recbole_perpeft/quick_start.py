@@ -111,15 +111,15 @@ def run(
     built = build_run(config, dataset=prebuilt_dataset)
     trainer, recommender = built.trainer, built.model
     trainer.run_identity = run_identity(run_config_of(config), built.dataset)
-    if resume:
-        trainer.resume_checkpoint(find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume),
-                                  built.train_data)
     epoch_callback = None
     if callback_fn is not None:
         def epoch_callback(epoch_idx: int, valid_score: float) -> None:
             callback_fn(epoch_idx, valid_score, trainer)
 
     try:
+        if resume:
+            trainer.resume_checkpoint(find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume),
+                                      built.train_data)
         best_valid_score, best_valid_result = trainer.fit(
             built.train_data, built.valid_data, saved=saved, show_progress=config["show_progress"],
             callback_fn=epoch_callback,
