@@ -120,7 +120,7 @@ def _check_dataset_folder(dataset_dir: Path, provenance: dict[str, str], overwri
         return True
     shown = ", ".join(held[:_EXAMPLES]) + (", ..." if len(held) > _EXAMPLES else "")
     origin = ("converted by this tool from other input" if isinstance(previous, dict)
-              else "not written by this converter")
+              else f"not written by this converter (no {PROVENANCE_FILE})")
     raise ConversionError(
         f"{dataset_dir} already holds a dataset ({shown}) {origin}; nothing was written: "
         "choose another --name or --out, or pass --overwrite to replace it"
