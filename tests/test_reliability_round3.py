@@ -386,3 +386,27 @@ def test_the_same_conversion_again_and_overwrite(data, tmp_path, capsys):
     assert sorted(p.name for p in (out / "other").iterdir()) == ["converted_from.json", "other.inter", "other.item"]
     assert (out / "other" / "other.inter").read_text() == (out / "tA" / "tA.inter").read_text()
     assert _temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("reserve", ["posix_fallocate", "zeros"])
+def test_memory_maps_are_backed_before_use(reserve, tmp_path, monkeypatch):
+    """The cache's writable maps own their blocks (no sparse file to SIGBUS on), whether the file
+    system reserves them or the zeros have to be written (file systems without fallocate)."""
+    import numpy as np
+
+    from recbole_perpeft.cache import allocated_memmap
+
+    if reserve == "zeros":
+        def unsupported(fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+        monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    path = tmp_path / "pixels.npy"
+    array = allocated_memmap(path, np.float16, (300, 3, 32, 32))
+    assert os.stat(path).st_blocks * 512 >= array.nbytes  # allocated, not a hole
+    array[7] = 1.5
+    array.flush()
+    del array
+    loaded = np.load(path, mmap_mode="r")
+    assert loaded.shape == (300, 3, 32, 32) and loaded.dtype == np.float16
+    assert float(loaded[7].min()) == 1.5 and float(np.abs(loaded[8:]).max()) == 0.0
