@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -42,17 +42,19 @@ def test_no_paragraph_is_in_two_files():
     seen: dict[str, Path] = {}
     for path in DOCS:
         for paragraph in paragraphs(path):
-            assert paragraph not in seen, f"{path.name} repeats a paragraph of {seen[paragraph].name}: {paragraph[:80]}"
+            assert paragraph not in seen, (
+                f"{path.relative_to(REPO)} repeats a paragraph of {seen[paragraph].relative_to(REPO)}: {paragraph[:80]}")
             seen[paragraph] = path
 
 
-@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_lead_to_a_file_and_heading(path):
     for target in LINK.findall(path.read_text(encoding="utf-8")):
         if target.startswith(("http://", "https://", "mailto:")):
             continue
         file, _, anchor = target.partition("#")
         linked = (path.parent / file).resolve() if file else path
-        assert linked.exists(), f"{path.name}: link to missing {target}"
+        where = path.relative_to(REPO)
+        assert linked.exists(), f"{where}: link to missing {target}"
         if anchor and linked.suffix == ".md":
-            assert anchor in anchors(linked), f"{path.name}: no heading '#{anchor}' in {linked.name}"
+            assert anchor in anchors(linked), f"{where}: no heading '#{anchor}' in {target}"
