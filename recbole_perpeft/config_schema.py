@@ -144,7 +144,8 @@ SCHEMA: tuple[Key, ...] = (
     # PerPEFT: item content and the foundation model (properties/model/PerPEFT.yaml)
     _perpeft("foundation_model", "hub id or local path of a CLIP (image+text) or text `AutoModel`; `auto`: "
              "`openai/clip-vit-base-patch32` where items have images, `all-MiniLM-L6-v2` for text-only datasets; "
-             "offline: `tiny-clip`, `clip-vit-base-patch32-random`, `all-MiniLM-L6-v2`", text()),
+             "offline: `tiny-clip`, `clip-vit-base-patch32-random`, `all-MiniLM-L6-v2` "
+             "([usage.md](usage.md#what-runs-offline))", text()),
     _perpeft("peft_type", "`lora` (r 4, α 8, dropout 0.1, `q_proj`/`v_proj`), `ia3` (`k_proj`, `v_proj`, `fc1`), "
              "`iisan`, `peft` (any peft config), `none` (frozen)", one_of(*PEFT_TYPES, any_case=True)),
     _perpeft("peft_config", "overrides of the method's defaults (`{r: 8}`), or a full peft config for `peft`",
@@ -157,7 +158,7 @@ SCHEMA: tuple[Key, ...] = (
     _perpeft("encode_batch_size", "items per no-grad encoder batch when the catalogue is encoded for evaluation",
              integer(1), shapes_run=False),
     _perpeft("recipe", "`default`, or the name of a training recipe in `properties/recipe/` (`paper`: the "
-             "reference's exact training)", text()),
+             "reference's exact training; [recipes.md](recipes.md#training-recipe-recipe))", text()),
     _perpeft("learn_content_weight", "learn the content weight (one scalar per group), starting at `content_weight`",
              boolean()),
     _perpeft("scale_item_inputs", "item inputs times √hidden_size before positions are added (the reference)",
@@ -186,7 +187,8 @@ SCHEMA: tuple[Key, ...] = (
     _perpeft("grouping_truth", "a TSV of known user segments (user id, segment) in the dataset folder: each "
              "grouping's purity and NMI are logged and kept in `grouping_log`", or_none(text()), shapes_run=False),
     _perpeft("model_selection", "`group`: each group served by the epoch of its own best validation score, "
-             "warm-up epochs included (needs a top-k `valid_metric`); `stage`: the best personalised epoch",
+             "warm-up epochs included (needs a top-k `valid_metric`); `stage`: the best personalised epoch "
+             "([recipes.md](recipes.md#model-selection-perpeft-with-n_groups--1))",
              one_of(*MODEL_SELECTION_MODES)),
     # PerPEFT: the SASRec backbone (RecBole's SASRec keys)
     _recbole("hidden_size", "width of the backbone and the item embeddings"),
