@@ -1,4 +1,4 @@
-"""Regenerate every committed benchmark table and the README's plots with one command.
+"""Regenerate every committed benchmark table and the plots docs/usage.md shows with one command.
 
     python benchmarks/run_all.py            # everything (hours on a 2-core CPU; minutes on a GPU)
     python benchmarks/run_all.py --quick    # toy pass of every script (a few minutes)
@@ -74,7 +74,7 @@ def steps(quick: bool) -> dict[str, list[list[str]]]:
 
 
 def main_job_plots(quick: bool) -> None:
-    """The README's main job; its plots become results/plots/ (the README shows one)."""
+    """The README's main job; its plots become results/plots/ (docs/usage.md shows one)."""
     extra = ["--epochs=2", "--warmup_epochs=1"] if quick else []
     with tempfile.TemporaryDirectory(prefix="bench-mainjob-") as folder:
         work = Path(folder)

@@ -21,7 +21,7 @@ from recbole.utils import ModelType
 
 from recbole_perpeft.compat import restore_numpy_aliases
 from recbole_perpeft.config_keys import warn_unknown_keys
-from recbole_perpeft.config_rules import check_values
+from recbole_perpeft.config_rules import check_combinations, check_values
 from recbole_perpeft.data.registry import resolve_dataset_dir
 from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.utils import get_model
@@ -174,6 +174,7 @@ class Config(RecBoleConfig):
 
     def _set_default_parameters(self):
         check_values(self.final_config_dict, self.model)  # the property files' values too
+        check_combinations(self.final_config_dict, self.model)
         # RecBole's own default negative sampling contradicts ``loss_type: CE`` for sequential
         # models (SASRec's default), so `--model=SASRec` would not start; drop the default
         # unless the user asked for sampling explicitly.

@@ -2,8 +2,9 @@
 
 RecBole accepts every key and ignores the ones nothing reads, so ``--n_group=2`` (for
 ``n_groups``) would silently run with the default. Known keys are those of every property file
-(RecBole's, for all its models and datasets, and this plugin's), RecBole's argument lists, and the
-few keys code reads without a property file default (:data:`READ_WITHOUT_DEFAULT`).
+(RecBole's, for all its models and datasets, and this plugin's), the plugin's config schema
+(:data:`recbole_perpeft.config_schema.SCHEMA`), RecBole's argument lists, and the few keys
+RecBole's code reads without a property file default (:data:`READ_WITHOUT_DEFAULT`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from functools import cache
 from pathlib import Path
 
 import yaml
+
+from recbole_perpeft.config_schema import KEYS as SCHEMA_KEYS
 
 # Read by RecBole's models and trainers, or by this plugin, with no default in any property file.
 READ_WITHOUT_DEFAULT = frozenset({
@@ -54,7 +57,7 @@ def known_config_keys(plugin_properties: Path) -> frozenset[str]:
     keys = _yaml_keys(Path(recbole.__file__).resolve().parent / "properties") | _yaml_keys(plugin_properties)
     for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
         keys.update(getattr(argument_list, name))
-    return frozenset(keys | READ_WITHOUT_DEFAULT)
+    return frozenset(keys | READ_WITHOUT_DEFAULT | set(SCHEMA_KEYS))
 
 
 def closest_known_key(key: str, known: frozenset[str]) -> str | None:

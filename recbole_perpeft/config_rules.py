@@ -1,4 +1,5 @@
-"""What a valid config value is, key by key: one table, checked when a ``Config`` is built.
+"""What a valid config is: each key's rule (from :data:`recbole_perpeft.config_schema.SCHEMA`) and
+the combinations of keys that only work together, checked when a ``Config`` is built.
 
 :class:`recbole_perpeft.config.Config` checks the values the user gave (``--config_files`` and
 ``--KEY=VALUE``) before it looks up the model, the dataset or anything else, and the final
@@ -7,25 +8,20 @@ one line (:class:`~recbole_perpeft.errors.ConfigError`; exit code 2 from the CLI
 
     invalid configuration: peft_type must be one of lora, ia3, peft, iisan, none; got 'nonsense'
 
-To check a new key, add a :class:`Rule` to :data:`RULES`; ``models`` limits it to those models
-(a key such as ``loss_type`` means different things to different models). Keys without a rule
-are passed through unchecked, as RecBole does.
+To check a new key, give its :class:`~recbole_perpeft.config_schema.Key` in the schema a kind;
+``models`` limits it to those models (a key such as ``loss_type`` means different things to
+different models). Keys without a rule are passed through unchecked, as RecBole does.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
+from recbole_perpeft.config_schema import PEFT_TYPES, SCHEMA, Check
 from recbole_perpeft.errors import ConfigError
-
-Check = Callable[[Any], bool]
-
-#: The PEFT backends (recbole_perpeft.peft_backends.PEFT_TYPES; kept here so that a bad value
-#: fails before the model, and with it transformers, is imported).
-PEFT_TYPES = ("lora", "ia3", "peft", "iisan", "none")
 
 
 @dataclass(frozen=True)
@@ -41,91 +37,9 @@ class Rule:
         return not self.models or model in self.models
 
 
-# --------------------------------------------------------------------- what a value may be
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def integer(minimum: int) -> tuple[Check, str]:
-    return (lambda value: _is_int(value) and value >= minimum), f"an integer >= {minimum}"
-
-
-def positive_number() -> tuple[Check, str]:
-    return (lambda value: _is_number(value) and value > 0), "a number > 0"
-
-
-def number() -> tuple[Check, str]:
-    return _is_number, "a finite number"
-
-
-def boolean() -> tuple[Check, str]:
-    return (lambda value: isinstance(value, bool)), "True or False"
-
-
-def one_of(*choices: str, any_case: bool = False) -> tuple[Check, str]:
-    def check(value: Any) -> bool:
-        return isinstance(value, str) and (value.lower() if any_case else value) in choices
-
-    return check, "one of " + ", ".join(choices)
-
-
-def text() -> tuple[Check, str]:
-    return (lambda value: isinstance(value, str) and bool(value.strip())), "a non-empty string"
-
-
-def mapping() -> tuple[Check, str]:
-    return (lambda value: isinstance(value, Mapping)), "a mapping"
-
-
-def precision() -> tuple[Check, str]:
-    # YAML (and the CLI) read an unquoted `no` as False; ~ means auto.
-    check, expected = one_of("auto", "bf16", "fp16", "no", any_case=True)
-    return (lambda value: value is None or value is False or check(value)), expected
-
-
-def or_none(kind: tuple[Check, str]) -> tuple[Check, str]:
-    check, expected = kind
-    return (lambda value: value is None or check(value)), f"{expected} or ~ (none)"
-
-
-# ---------------------------------------------------------------------------------- the table
-PERPEFT = ("PerPEFT",)
-
-RULES: tuple[Rule, ...] = (
-    # every model
-    Rule("epochs", *integer(1)),
-    Rule("train_batch_size", *integer(1)),
-    Rule("eval_batch_size", *integer(1)),
-    Rule("learning_rate", *positive_number()),
-    Rule("nproc", *integer(1)),
-    Rule("mixed_precision", *precision()),  # recbole_perpeft.precision
-    # PerPEFT (properties/model/PerPEFT.yaml)
-    Rule("foundation_model", *text(), models=PERPEFT),
-    Rule("peft_type", *one_of(*PEFT_TYPES, any_case=True), models=PERPEFT),
-    Rule("peft_config", *or_none(mapping()), models=PERPEFT),
-    Rule("content_weight", *number(), models=PERPEFT),
-    Rule("cache_dir", *or_none(text()), models=PERPEFT),
-    Rule("max_image_pixels", *integer(1), models=PERPEFT),  # the pixel cap of recbole_perpeft.data.images
-    Rule("encode_batch_size", *integer(1), models=PERPEFT),
-    Rule("recipe", *text(), models=PERPEFT),  # the name is looked up in properties/recipe/
-    Rule("learn_content_weight", *boolean(), models=PERPEFT),
-    Rule("scale_item_inputs", *boolean(), models=PERPEFT),
-    Rule("loss_type", *one_of("BCE", "CE", "sampled_softmax"), models=PERPEFT),
-    Rule("num_negatives", *integer(1), models=PERPEFT),
-    Rule("train_unit", *one_of("user", "window", "prefix"), models=PERPEFT),
-    Rule("n_groups", *integer(1), models=PERPEFT),
-    Rule("warmup_epochs", *integer(0), models=PERPEFT),
-    Rule("group_negatives", *boolean(), models=PERPEFT),
-    Rule("regroup_every", *or_none(integer(0)), models=PERPEFT),
-    Rule("batch_mode", *one_of("group", "mixed"), models=PERPEFT),
-    Rule("grouping_sequence", *one_of("train", "train_valid"), models=PERPEFT),
-    Rule("min_group_size", *or_none(integer(1)), models=PERPEFT),
-    Rule("grouping_truth", *or_none(text()), models=PERPEFT),
-    Rule("model_selection", *one_of("group", "stage"), models=PERPEFT),
+#: One rule per checked key of the schema, in the schema's order.
+RULES: tuple[Rule, ...] = tuple(
+    Rule(key.name, key.kind.check, key.kind.expected, key.models) for key in SCHEMA if key.kind is not None
 )
 
 
@@ -138,4 +52,50 @@ def check_values(values: Mapping[str, Any], model: str, rules: Iterable[Rule] = 
             )
 
 
-__all__ = ["PEFT_TYPES", "RULES", "Rule", "check_values"]
+# ------------------------------------------------------------------------------ combinations
+@cache
+def topk_metric_names() -> frozenset[str]:
+    """RecBole's top-k metrics (lower case): those with a per-user value at every cut-off."""
+    from recbole.evaluator import metrics
+    from recbole.evaluator.base_metric import TopkMetric
+
+    return frozenset(
+        name.lower() for name, value in vars(metrics).items()
+        if isinstance(value, type) and issubclass(value, TopkMetric) and value is not TopkMetric
+    )
+
+
+def is_topk_metric(metric: Any) -> bool:
+    """``NDCG@20``, ``hit@10``, ...: a top-k metric at a cut-off of 1 or more."""
+    if not isinstance(metric, str):
+        return False
+    name, at, k = metric.lower().partition("@")
+    return bool(at) and k.isdigit() and int(k) >= 1 and name in topk_metric_names()
+
+
+def group_selection_needs_topk_metric(values: Mapping[str, Any], model: str) -> str | None:
+    """``model_selection: group`` with groups scores every user on ``valid_metric``: a top-k one."""
+    if model != "PerPEFT" or values.get("model_selection") != "group":
+        return None
+    n_groups = values.get("n_groups")
+    if not isinstance(n_groups, int) or n_groups <= 1 or is_topk_metric(values.get("valid_metric")):
+        return None
+    return (f"model_selection: group (with n_groups > 1) needs a top-k valid_metric such as NDCG@20; "
+            f"got {values.get('valid_metric')!r} (use a top-k metric or model_selection: stage)")
+
+
+#: Each returns the problem (one line) or ``None``; given the final values and the model's name.
+COMBINATIONS: tuple[Callable[[Mapping[str, Any], str], str | None], ...] = (
+    group_selection_needs_topk_metric,
+)
+
+
+def check_combinations(values: Mapping[str, Any], model: str) -> None:
+    """Raise a one-line :class:`ConfigError` for the first combination of final values that cannot work."""
+    for combination in COMBINATIONS:
+        problem = combination(values, model)
+        if problem:
+            raise ConfigError(f"invalid configuration: {problem}")
+
+
+__all__ = ["COMBINATIONS", "PEFT_TYPES", "RULES", "Rule", "check_combinations", "check_values", "is_topk_metric"]

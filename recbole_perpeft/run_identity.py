@@ -8,7 +8,7 @@ for group routing, user ids) differ from the ones it was trained on: its embeddi
 silently belong to other items.
 
 Fingerprints are sha256 digests. The settings fingerprint covers every setting of the run config
-except those that do not change what is trained (:data:`NOT_SHAPING`): where files live, how
+except those that do not change what is trained (:data:`NOT_SHAPING`, from the config schema): where files live, how
 much is printed, how many epochs are planned (a resumed run may be given more), and hardware.
 """
 
@@ -23,17 +23,10 @@ from typing import Any
 
 import torch
 
+from recbole_perpeft.config_schema import NOT_SHAPING
 from recbole_perpeft.errors import CheckpointError, ConfigError
 
 RESUME_SUFFIX = ".last.pth"
-# Settings that change neither the model nor the data it learns from.
-NOT_SHAPING = frozenset({
-    "epochs", "stopping_step", "checkpoint_dir", "data_path", "cache_dir", "show_progress", "state", "plots",
-    "eval_batch_size", "encode_batch_size", "gpu_id", "use_gpu", "device", "worker", "nproc", "world_size",
-    "ip", "port", "offset", "local_rank", "log_wandb", "wandb_project", "save_dataset", "dataset_save_path",
-    "save_dataloaders", "dataloaders_save_path", "metrics", "topk", "metric_decimal_place", "enable_amp",
-    "grouping_truth",
-})
 _SHORT = 8
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from recbole_perpeft.config_schema import DATASET_KEYS
 from recbole_perpeft.errors import ConfigError, PerPEFTError
 
 METRIC = "valid_score"  # what ASHA watches: the value of the config's ``valid_metric``
@@ -53,9 +54,9 @@ DISTRIBUTIONS: dict[str, tuple[str, str]] = {
     **{name: (name, "args") for name in _SAMPLED},  # each named as Ray Tune names it
 }
 
-# Keys whose change alters the processed dataset: with one of them searched, every trial builds
-# its own dataset instead of sharing the driver's.
-_DATASET_KEYS_EXTRA = {"dataset", "data_path", "eval_args", "seed", "TITLE_FIELD", "IMAGE_FIELD", "image_dir"}
+# Keys whose change alters the processed dataset (the schema's, besides the dataset arguments): with
+# one of them searched, every trial builds its own dataset instead of sharing the driver's.
+_DATASET_KEYS_EXTRA = set(DATASET_KEYS)
 
 
 # --------------------------------------------------------------------------- search space

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
 
+from recbole_perpeft.config_schema import TRAIN_UNITS
 from recbole_perpeft.errors import ConfigError, DataWarning
-
-TRAIN_UNITS = ("prefix", "user", "window")
 
 
 @dataclass

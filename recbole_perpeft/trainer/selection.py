@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-MODES = ("group", "stage")
+from recbole_perpeft.config_schema import MODEL_SELECTION_MODES as MODES  # noqa: F401 (the modes, re-exported)
 
 
 def per_user_metric(evaluator, struct, metric: str) -> torch.Tensor:
