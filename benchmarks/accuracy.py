@@ -70,29 +70,22 @@ SETTINGS: dict[str, dict] = {
     # 12, GRU4Rec's and BERT4Rec's validation was still rising steeply at the last epoch
     "mmdemo": {"dataset": "mmdemo", "args": [], "baseline_args": ["--train_batch_size=512", "--epochs=50"],
                "perpeft_args": []},
+    # One setting per dataset: PerPEFT's defaults (schedule: auto ends each stage on validation)
+    # plus the foundation model and, where a 2-core CPU cannot afford the rest, the backend.
     # LoRA and (IA)3 backpropagate through MiniLM for every title of a step (up to ~1,700 with
-    # 1024 negatives; 140 steps an epoch in windows): too slow for 30 epochs on a 2-core CPU, so
-    # ml-100k runs IISAN here; --backends lora ia3 iisan runs them all where a GPU is at hand.
-    # 1,682 movies: the full softmax (CE) is affordable and beat the default sampled softmax on
-    # validation (seed 2020, global IISAN, batch 512, lr 1e-3: 0.1621 vs 0.1583 in 60 epochs; the
-    # default recipe's batch 64, lr 3e-4, 40 epochs: 0.1575). CE's validation rises until epochs
-    # 60-70 of 80, so PerPEFT groups after 50; 2 groups (~470 users each) won on validation
-    # under the sampled softmax (2 groups 0.1585, 3 0.1528, 4 0.1568).
+    # 1024 negatives; 140 steps an epoch in windows): too slow on a 2-core CPU, so ml-100k runs
+    # IISAN here; --backends lora ia3 iisan runs them all where a GPU is at hand.
     "ml-100k": {"dataset": "ml-100k", "args": [], "baseline_args": ["--train_batch_size=512", "--epochs=50"],
-                "perpeft_args": [*TEXT, "--n_groups=2", "--epochs=80", "--warmup_epochs=50", "--loss_type=CE",
-                                 "--train_batch_size=512", "--learning_rate=1e-3"],
-                "backends": ["iisan"]},
-    # 12,076 users: global validation plateaus after ~13 epochs at lr 3e-4 (IISAN, frozen encoder)
+                "perpeft_args": [*TEXT], "backends": ["iisan"]},
     "scientific": {"dataset": "scientific", "args": [],
                    "baseline_args": ["--train_batch_size=512", "--epochs=50"],
-                   "perpeft_args": [*TEXT, "--epochs=20", "--warmup_epochs=5"], "backends": ["iisan"]},
+                   "perpeft_args": [*TEXT], "backends": ["iisan"]},
     # LoRA backpropagates through MiniLM for every title of a step and encodes the catalogue once
     # per group at every validation: on a 2-core CPU only a 1,000-user sample fits (~5 minutes an
-    # epoch on one thread: 17 steps of ~20 s), with 4 groups, 256 negatives and 8 epochs (3 global).
+    # epoch on one thread: 17 steps of ~20 s), with 4 groups, 256 negatives and a cap of 8 epochs.
     "scientific-1k": {"dataset": "scientific-1k", "args": [],
                       "baseline_args": ["--train_batch_size=512", "--epochs=50"],
-                      "perpeft_args": [*TEXT, "--epochs=8", "--warmup_epochs=3", "--n_groups=4",
-                                       "--num_negatives=256"],
+                      "perpeft_args": [*TEXT, "--epochs=8", "--n_groups=4", "--num_negatives=256"],
                       "backends": ["lora", "iisan"]},
 }
 DEFAULT_SETTINGS = ["mmdemo", "ml-100k", "scientific", "scientific-1k"]

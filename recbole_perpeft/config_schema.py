@@ -43,6 +43,7 @@ TRAIN_UNITS = ("user", "window", "prefix")
 MODEL_SELECTION_MODES = ("group", "stage")
 LOSS_TYPES = ("BCE", "CE", "sampled_softmax")
 BATCH_MODES = ("group", "mixed")
+SCHEDULES = ("auto", "fixed")
 GROUPING_SEQUENCES = ("train", "train_valid")
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 
@@ -176,7 +177,14 @@ SCHEMA: tuple[Key, ...] = (
              one_of(*TRAIN_UNITS)),
     # PerPEFT: grouping, per-group modules, group negatives, model selection
     _perpeft("n_groups", "user groups; 1 = global PEFT (the baseline)", integer(1)),
-    _perpeft("warmup_epochs", "global epochs before users are grouped", integer(0)),
+    _perpeft("schedule", "`auto`: the global stage runs while validation improves (`patience`), users are grouped "
+             "from the best global state, each group trains until its own validation stops improving, the run ends "
+             "when every group has stopped (`epochs` is a cap); `fixed`: `warmup_epochs` global epochs, then all "
+             "`epochs` ([recipes.md](recipes.md#schedule-auto))", one_of(*SCHEDULES)),
+    _perpeft("patience", "`schedule: auto`: validations without a gain before the global stage or a group stops",
+             integer(1)),
+    _perpeft("warmup_epochs", "`fixed`: global epochs before users are grouped; `auto`: the most global epochs",
+             integer(0)),
     _perpeft("group_negatives", "personalised stage: negatives from the group's own items", boolean()),
     _perpeft("regroup_every", "regroup every N personalised epochs (0 = never, as the paper)", or_none(integer(0))),
     _perpeft("batch_mode", "`group`: one-group batches (the paper); `mixed`: each user routed to their group",

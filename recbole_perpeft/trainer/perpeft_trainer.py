@@ -1,15 +1,24 @@
 """The PerPEFT stage schedule as a RecBole trainer.
 
-Epochs ``0 .. warmup_epochs-1`` train the global model (one PEFT module and projector for all
-users). At ``warmup_epochs`` users are grouped (:mod:`recbole_perpeft.model.grouping`), each
-group's modules start as copies of the global ones, and personalised training runs; with
-``regroup_every > 0`` users are regrouped every that many epochs, each new group starting from
-the old group that shares most of its members. Evaluation scores every user with their own
-group's item table and reports per-group metrics.
+The global model (one PEFT module and projector for all users) trains first; then users are
+grouped (:mod:`recbole_perpeft.model.grouping`), each group's modules start as copies of the
+global ones, and personalised training runs. When the stages change is the ``schedule``:
+
+* ``auto`` (default, :mod:`recbole_perpeft.trainer.schedule`): the global stage runs while its
+  validation improves (``patience``; at most ``warmup_epochs``), users are grouped from the best
+  global state, each group trains while its own validation improves and then stops (its batches
+  skipped), and the run ends when every group has stopped or at ``epochs``;
+* ``fixed``: epochs ``0 .. warmup_epochs-1`` are global, grouping happens at ``warmup_epochs``,
+  and all ``epochs`` run (RecBole's ``stopping_step`` aside).
+
+With ``regroup_every > 0`` users are regrouped every that many personalised epochs, each new
+group starting from the old group that shares most of its members. Evaluation scores every
+user with their own group's item table and reports per-group metrics.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -17,7 +26,7 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
-from recbole.utils import calculate_valid_score
+from recbole.utils import calculate_valid_score, dict2str
 
 from recbole_perpeft.errors import DataWarning
 from recbole_perpeft.model.grouping import (
@@ -29,6 +38,7 @@ from recbole_perpeft.model.grouping import (
     read_segments,
 )
 from recbole_perpeft.trainer.safe import SafeTrainerMixin
+from recbole_perpeft.trainer.schedule import AutoSchedule
 from recbole_perpeft.trainer.selection import GroupSelection, per_user_metric
 
 
@@ -61,17 +71,64 @@ class GroupAwareEvaluator:
         return result
 
 
-class PerPEFTTrainer(SafeTrainerMixin, Trainer):
+class _StagedLoop(Trainer):
+    """RecBole's epoch loop, or under ``schedule: auto`` one that ends when the schedule says so.
+
+    RecBole's loop can only end on its own early stopping (one score, ``stopping_step``), which
+    cannot express "every group has stopped". Placed after :class:`SafeTrainerMixin` in the MRO,
+    so checkpoints, resume files and timing wrap either loop alike.
+    """
+
+    auto: AutoSchedule | None = None
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.auto is None or not valid_data:
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        self.eval_collector.data_collect(train_data)
+        for epoch_idx in range(self.start_epoch, self.epochs):
+            if self.auto.finished:
+                break
+            start = time.time()
+            train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
+            self.train_loss_dict[epoch_idx] = sum(train_loss) if isinstance(train_loss, tuple) else train_loss
+            if verbose:
+                self.logger.info(self._generate_train_loss_output(epoch_idx, start, time.time(), train_loss))
+            start = time.time()
+            valid_score, valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
+            improved = self.best_valid_result is None or (
+                valid_score > self.best_valid_score if self.valid_metric_bigger else valid_score < self.best_valid_score
+            )
+            if improved:
+                self.best_valid_score, self.best_valid_result, self.cur_step = valid_score, valid_result, 0
+                if saved:
+                    self._save_checkpoint(epoch_idx, verbose=verbose)
+            else:
+                self.cur_step += 1
+            if verbose:
+                self.logger.info(f"epoch {epoch_idx} evaluating [time: {time.time() - start:.2f}s, "
+                                 f"valid_score: {valid_score:f}]")
+                self.logger.info("valid result: \n" + dict2str(valid_result))
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+        return self.best_valid_score, self.best_valid_result
+
+
+class PerPEFTTrainer(SafeTrainerMixin, _StagedLoop):
     """Warm-up → grouping → personalised training, with optional periodic regrouping."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.warmup_epochs = config["warmup_epochs"]
+        # schedule: auto decides when users are grouped and when each group (and the run) stops.
+        self._best_global_state: dict | None = None
         self.regroup_every = config["regroup_every"] or 0
         self.batch_mode = config["batch_mode"]
         self.grouping_sequence = config["grouping_sequence"]
         self.min_group_size = config["min_group_size"] or 1
-        if model.n_groups > 1 and self.warmup_epochs >= self.epochs:
+        self.auto = AutoSchedule(config["patience"], self.valid_metric_bigger) if config["schedule"] == "auto" else None
+        # Under schedule: auto the global stage may also end earlier, at its patience.
+        global_stage_cap = min(self.warmup_epochs, config["patience"] + 1) if self.auto is not None else self.warmup_epochs
+        if model.n_groups > 1 and global_stage_cap >= self.epochs:
             message = (f"warmup_epochs={self.warmup_epochs} >= epochs={self.epochs}: users are never grouped, "
                        "this run trains the global model only")
             self.logger.warning(message)
@@ -102,15 +159,45 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         model = self.model
         if model.n_groups == 1:
             return
-        if not bool(model.personalised) and epoch_idx >= self.warmup_epochs:
+        if not bool(model.personalised) and self._global_stage_over(epoch_idx):
             self.personalise(epoch_idx)
         elif (
             bool(model.personalised)
             and self.regroup_every > 0
-            and epoch_idx > self.warmup_epochs
-            and (epoch_idx - self.warmup_epochs) % self.regroup_every == 0
+            and epoch_idx > self.grouped_at
+            and (epoch_idx - self.grouped_at) % self.regroup_every == 0
         ):
             self.regroup(epoch_idx)
+
+    def _global_stage_over(self, epoch_idx: int) -> bool:
+        if epoch_idx >= self.warmup_epochs:
+            return True
+        return self.auto is not None and self.auto.global_exhausted
+
+    @property
+    def grouped_at(self) -> int:
+        """The epoch users were first grouped at (``warmup_epochs`` until then)."""
+        for entry in self.grouping_log:
+            if entry["event"] == "grouped":
+                return int(entry["epoch"])
+        return self.warmup_epochs
+
+    def _global_state(self) -> dict:
+        """The trainable state of the global stage: the shared backbone and group 0's modules."""
+        return {"backbone": self.model.backbone_state(),
+                "modules": [p.detach().clone() for p in self.model.items.group_parameters(0)]}
+
+    def _restore_best_global(self) -> str:
+        """Load the best global epoch's state (``schedule: auto``); says why the stage ended."""
+        best = self.auto.global_stage
+        why = (f"the global score had not improved for {self.auto.patience} epochs"
+               if self.auto.global_exhausted
+               else f"the global stage reached its cap (warmup_epochs={self.warmup_epochs})")
+        if self._best_global_state is not None:
+            self.model.load_state_dict(self._best_global_state["backbone"], strict=False)
+            self._load_group_state(0, self._best_global_state["modules"])
+        self._best_global_state = None  # a group's state from now on, never needed again
+        return f"{why}; grouped from the best global epoch {best.best_epoch} (valid {best.best:.4f})"
 
     @torch.no_grad()
     def user_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +242,10 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         Model selection starts afresh: the tested checkpoint is a personalised epoch (the best
         global epoch is kept in ``stage_best`` for the record).
         """
+        if self.auto is not None:
+            reason = self._restore_best_global()
+        else:
+            reason = f"warmup_epochs={self.warmup_epochs}"
         grouping = self._cluster()
         for group in range(1, grouping.n_groups):
             self.model.items.copy_group(0, group)
@@ -164,17 +255,20 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self.cur_step = 0
         if self.selection is not None:
             self.selection.on_grouping(self.model)
-        entry = {"epoch": epoch_idx, "event": "grouped", "sizes": grouping.sizes(), "merged": grouping.merged}
+        entry = {"epoch": epoch_idx, "event": "grouped", "sizes": grouping.sizes(), "merged": grouping.merged,
+                 "reason": reason}
         entry.update(self._quality(grouping))
         self.grouping_log.append(entry)
         self.logger.info(
-            f"epoch {epoch_idx}: users grouped into {grouping.n_groups} groups, sizes {grouping.sizes()}"
+            f"epoch {epoch_idx}: users grouped into {grouping.n_groups} groups ({reason}), sizes {grouping.sizes()}"
             + (f" ({grouping.merged} small groups merged)" if grouping.merged else "")
             + (f"; against the known segments: purity {entry['purity']}, NMI {entry['nmi']}" if "nmi" in entry else "")
         )
         if self._valid_data:
             self.evaluate(self._valid_data, load_best_model=False)
             self.global_group_valid_results = {str(g): r for g, r in self.evaluator.group_results.items()}
+            if self.auto is not None:
+                self.auto.start_groups(epoch_idx, self._group_scores())
 
     def regroup(self, epoch_idx: int) -> None:
         """Recluster; each new group starts from the old group it shares most members with."""
@@ -189,6 +283,10 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         model.set_grouping(grouping)
         if self.selection is not None:
             self.selection.on_grouping(model)
+        if self.auto is not None and self._valid_data:
+            # new groups hold other users: each starts its patience afresh
+            self.evaluate(self._valid_data, load_best_model=False)
+            self.auto.start_groups(epoch_idx, self._group_scores())
         moved = int((source[grouping.group_of_user] != old_groups[grouping.users]).sum())
         self.grouping_log.append({"epoch": epoch_idx, "event": "regrouped", "sizes": grouping.sizes(),
                                   "moved": moved, **self._quality(grouping)})
@@ -231,9 +329,15 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         n_rows = len(dataset)
         order = torch.randperm(n_rows, generator=generator)
         size = self.config["train_batch_size"]
-        if self.batch_mode == "mixed" or not bool(self.model.personalised):
+        if not bool(self.model.personalised):
             return list(torch.split(order, size))
         groups = self.model.group_of_user.cpu()[dataset.inter_feat[dataset.uid_field][order]]
+        stopped = sorted(self.auto.stopped) if self.auto is not None else []
+        if stopped:  # a stopped group's modules stay as they are: its rows train nothing any more
+            active = ~torch.isin(groups, torch.tensor(stopped, dtype=groups.dtype))
+            order, groups = order[active], groups[active]
+        if self.batch_mode == "mixed":
+            return list(torch.split(order, size))
         batches = []
         for group in torch.unique(groups).tolist():
             batches.extend(torch.split(order[groups == group], size))
@@ -275,8 +379,62 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
                                       "result": {k: float(v) for k, v in result.items()}}
         if self.selection is not None:
             users = valid_data._dataset.inter_feat[valid_data._dataset.uid_field]
-            self.selection.observe(epoch, users, self.evaluator.row_scores, self.model)
+            frozen = set(self.auto.stopped) if self.auto is not None else set()
+            self.selection.observe(epoch, users, self.evaluator.row_scores, self.model, frozen=frozen)
+        if self.auto is not None:
+            self._follow_validation(int(epoch), float(score), personalised)
         return score, result
+
+    def _group_scores(self) -> dict[int, float]:
+        """Each group's validation metric at the last evaluation."""
+        return {int(g): float(r[self.valid_metric]) for g, r in self.evaluator.group_results.items()}
+
+    def _follow_validation(self, epoch: int, score: float, personalised: bool) -> None:
+        """``schedule: auto``: keep the best global state, stop groups, end the run."""
+        auto = self.auto
+        if not personalised:
+            if auto.observe_global(epoch, score) and self.model.n_groups > 1:
+                self._best_global_state = self._global_state()
+            if self.model.n_groups == 1 and auto.global_exhausted:
+                auto.finish_global_only(epoch)
+                self.logger.info(
+                    f"epoch {epoch}: training stopped: the validation score had not improved for "
+                    f"{auto.patience} epochs (best epoch {auto.global_stage.best_epoch}, "
+                    f"valid {auto.global_stage.best:.4f})"
+                )
+            elif self.model.n_groups > 1 and auto.global_exhausted:
+                self.logger.info(f"epoch {epoch}: the global stage ends (no gain for {auto.patience} epochs); "
+                                 "users are grouped before the next epoch")
+            return
+        for group in auto.observe_groups(epoch, self._group_scores()):
+            patience = auto.groups[group]
+            self.logger.info(
+                f"epoch {epoch}: group {group} stopped: its validation score had not improved for "
+                f"{auto.patience} epochs (best epoch {patience.best_epoch}, valid {patience.best:.4f}); "
+                f"{len(auto.stopped)}/{len(auto.groups)} groups stopped"
+            )
+        if auto.finished:
+            self.logger.info(f"epoch {epoch}: every group has stopped: training ends")
+
+    def schedule_report(self) -> dict:
+        """When users were grouped, when each group stopped, and what the epoch cap would have cost."""
+        epochs_run = len(self.train_epoch_seconds)
+        report = {"mode": "auto" if self.auto is not None else "fixed", "epochs_cap": self.epochs,
+                  "epochs_run": epochs_run, "train_seconds": float(sum(self.train_epoch_seconds)),
+                  "grouped": [e for e in self.grouping_log if e["event"] == "grouped"]}
+        if self.auto is None:
+            return report
+        report["patience"] = self.auto.patience
+        report["stops"] = self.auto.events
+        stopped_before = {e for e in self.auto.stopped.values()}
+        first_stop = min(stopped_before) if stopped_before else None
+        full = [s for epoch, s in enumerate(self.train_epoch_seconds) if first_stop is None or epoch <= first_stop]
+        if full and epochs_run:
+            # every epoch of the cap at the cost of an epoch with every group still training
+            estimate = self.epochs * sum(full) / len(full)
+            report["cap_estimated_train_seconds"] = float(estimate)
+            report["train_seconds_saved_estimate"] = float(max(estimate - report["train_seconds"], 0.0))
+        return report
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         # Validation rows hold each user's training items; with ``train_valid`` the row's target
@@ -284,7 +442,18 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self._grouping_data = valid_data
         self._valid_data = valid_data
         self._train_rows = train_data
+        if self.auto is not None and not valid_data:
+            self.logger.warning("schedule: auto follows validation, and this run has none: fixed schedule used")
+            self.auto = None
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        if self.auto is not None:
+            schedule = self.schedule_report()
+            if "cap_estimated_train_seconds" in schedule:
+                self.logger.info(
+                    f"schedule: auto trained {schedule['epochs_run']} of at most {self.epochs} epochs in "
+                    f"{schedule['train_seconds']:.1f} s; the full cap would have taken about "
+                    f"{schedule['cap_estimated_train_seconds']:.1f} s"
+                )
         # (also after a resume of a run that was stopped between its last epoch and this step)
         if (self.selection is not None and bool(self.model.personalised) and valid_data
                 and not bool(self.model.serving_per_group)):
@@ -316,6 +485,9 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
                  "kept_epochs": {str(g): e for g, e in self.kept_epochs.items()}}
         if self.selection is not None:
             state["selection"] = self.selection.state()
+        if self.auto is not None:
+            state["schedule"] = self.auto.state()
+            state["best_global_state"] = self._best_global_state
         return state
 
     def load_extra_state(self, state: dict) -> None:
@@ -327,6 +499,9 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self.kept_epochs = {int(g): int(e) for g, e in state.get("kept_epochs", {}).items()}
         if self.selection is not None and "selection" in state:
             self.selection.load_state(state["selection"])
+        if self.auto is not None and "schedule" in state:
+            self.auto.load_state(state["schedule"])
+            self._best_global_state = state.get("best_global_state")
 
     def best_group_valid_results(self) -> dict[str, dict[str, float]]:
         """Per-group validation metrics at the best validated epoch after grouping (first of ties)."""
@@ -347,6 +522,7 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
             "global_group_valid_results": self.global_group_valid_results,
             "best_group_valid_results": self.best_group_valid_results(),
             "model_selection": self.selection_report(),
+            "schedule": self.schedule_report(),
         }
 
     def selection_report(self) -> dict:
@@ -358,7 +534,7 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         }
         if self.selection is not None:
             report["served"] = self.stage_best.get("served")
-            report["groups"] = self.selection.report(self.kept_epochs, self.warmup_epochs)
+            report["groups"] = self.selection.report(self.kept_epochs, self.grouped_at)
         return report
 
 

@@ -80,8 +80,11 @@ class GroupSelection:
     def _mean(row_scores: torch.Tensor, rows: torch.Tensor) -> float:
         return float(row_scores[rows].mean()) if len(rows) else float("nan")
 
-    def observe(self, epoch: int, row_users: torch.Tensor, row_scores: torch.Tensor, model) -> None:
-        """Record a validation: keep the warm-up state, or each improved group's state."""
+    def observe(self, epoch: int, row_users: torch.Tensor, row_scores: torch.Tensor, model,
+                frozen: set[int] | frozenset[int] = frozenset()) -> None:
+        """Record a validation: keep the warm-up state, or each improved group's state.
+
+        ``frozen`` groups (stopped by ``schedule: auto``) keep the state they stopped with."""
         self.row_users = row_users.cpu()
         backbone = model.backbone_state()
         if not bool(model.personalised):
@@ -90,6 +93,8 @@ class GroupSelection:
             self.warmup[int(epoch)] = KeptState(int(epoch), backbone, modules)
             return
         for group, rows in self._rows_of_groups(model).items():
+            if group in frozen:
+                continue
             score = self._mean(row_scores.cpu(), rows)
             if score == score and self._better(score, self.best_score.get(group)):
                 modules = [p.detach().clone() for p in model.items.group_parameters(group)]
