@@ -127,7 +127,9 @@ class PerPEFTTrainer(SafeTrainerMixin, _StagedLoop):
         self.min_group_size = config["min_group_size"] or 1
         self.auto = AutoSchedule(config["patience"], self.valid_metric_bigger) if config["schedule"] == "auto" else None
         # Under schedule: auto the global stage may also end earlier, at its patience.
-        global_stage_cap = min(self.warmup_epochs, config["patience"] + 1) if self.auto is not None else self.warmup_epochs
+        global_stage_cap = self.warmup_epochs
+        if self.auto is not None:
+            global_stage_cap = min(global_stage_cap, config["patience"] + 1)
         if model.n_groups > 1 and global_stage_cap >= self.epochs:
             message = (f"warmup_epochs={self.warmup_epochs} >= epochs={self.epochs}: users are never grouped, "
                        "this run trains the global model only")
