@@ -96,7 +96,7 @@ class _StagedLoop(Trainer):
             start = time.time()
             valid_score, valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
             improved = self.best_valid_result is None or (
-                valid_score > self.best_valid_score if self.valid_metric_bigger else valid_score < self.best_valid_score
+                valid_score >= self.best_valid_score if self.valid_metric_bigger else valid_score <= self.best_valid_score
             )
             if improved:
                 self.best_valid_score, self.best_valid_result, self.cur_step = valid_score, valid_result, 0
