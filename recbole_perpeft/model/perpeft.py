@@ -13,12 +13,13 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_perpeft.cache import cache_root
 from recbole_perpeft.data.dataset import MultimodalSequentialDataset
 from recbole_perpeft.errors import ConfigError
+from recbole_perpeft.item_encoder import build_item_encoder
 from recbole_perpeft.model.group_modules import GroupItemRepresentation
 from recbole_perpeft.model.group_negatives import GroupNegativeSampler
 from recbole_perpeft.model.grouping import Grouping
+from recbole_perpeft.peft_backends.base import GroupedItemEncoder
 from recbole_perpeft.precision import autocast, resolve_mixed_precision
 
 # The parts of the model every group shares while training (the rest is per group).
@@ -43,7 +44,10 @@ class PerPEFT(SequentialRecommender):
     input_type = InputType.POINTWISE
     dataset_class = MultimodalSequentialDataset
 
-    def __init__(self, config, dataset):
+    def __init__(self, config, dataset, item_encoder: GroupedItemEncoder | None = None):
+        """``item_encoder``: the foundation model with its PEFT backend and content (``n_groups``
+        adapters), built outside the model (:mod:`recbole_perpeft.item_encoder`); when not given,
+        the one ``config["item_encoder"]`` names is built for it there."""
         super().__init__(config, dataset)
         self.hidden_size = config["hidden_size"]
         self.n_groups = config["n_groups"]
@@ -82,8 +86,10 @@ class PerPEFT(SequentialRecommender):
         self._init_backbone(config["initializer_range"])
 
         # Per-group PEFT modules and projectors over the foundation model.
+        if item_encoder is None:
+            item_encoder = build_item_encoder(config, dataset, self.n_groups)
         self.items = GroupItemRepresentation(
-            build_item_encoder(config, dataset, self.n_groups),
+            item_encoder,
             self.item_embedding,
             self.hidden_size,
             config["content_weight"],
@@ -362,31 +368,3 @@ class PerPEFT(SequentialRecommender):
             },
         }
 
-
-def build_item_encoder(config, dataset, n_groups: int):
-    """The foundation model, its content cache and the PEFT backend with ``n_groups`` adapters."""
-    from recbole_perpeft.data.content_cache import build_or_load_content_cache
-    from recbole_perpeft.encoders import build_foundation_encoder
-    from recbole_perpeft.peft_backends import build_grouped_encoder
-
-    caches = cache_root(config["cache_dir"])
-    foundation = build_foundation_encoder(config["foundation_model"], seed=config["seed"])
-    content = build_or_load_content_cache(
-        dataset.item_content,
-        foundation.processor,
-        caches / "content",
-        show_progress=config["show_progress"],
-        logger=dataset.logger,
-        max_image_pixels=config["max_image_pixels"],
-    )
-    return build_grouped_encoder(
-        foundation,
-        config["peft_type"],
-        n_groups,
-        content.tensors,
-        content.key,
-        peft_config=config["peft_config"],
-        cache_dir=caches / "encoders",
-        show_progress=config["show_progress"],
-        seed=config["seed"],
-    ).to(config["device"])
