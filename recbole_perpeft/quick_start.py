@@ -22,6 +22,7 @@ from recbole.utils import init_logger
 from recbole_perpeft.checkpoint import check_export_dir, export_model, run_config_of
 from recbole_perpeft.config import Config
 from recbole_perpeft.errors import ConfigError
+from recbole_perpeft.model.protocol import model_report
 from recbole_perpeft.plots import plot_run, plots_dir_for
 from recbole_perpeft.run import build_config, build_run
 from recbole_perpeft.run_identity import find_resume_file, run_identity
@@ -144,9 +145,8 @@ def run(
         "params": parameter_counts(recommender),
         "checkpoint": trainer.saved_model_file if saved else None,
     }
-    for source in (recommender, trainer):
-        if hasattr(source, "report"):
-            record.update(source.report())
+    record.update(model_report(recommender))
+    record.update(trainer.report())
     if export_dir is not None and is_writer:
         # The weights just tested: the best checkpoint's when saved, else the last epoch's.
         record["export"] = str(export_model(recommender, built.train_data._dataset, config, export_dir))

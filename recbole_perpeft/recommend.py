@@ -44,6 +44,8 @@ from recbole_perpeft.errors import (
     InvalidHistoryError,
     UnknownItemError,
 )
+from recbole_perpeft.model.protocol import is_grouped
+from recbole_perpeft.model.serving import score_histories
 from recbole_perpeft.run import build_config, build_run
 from recbole_perpeft.run_identity import check_vocabulary
 
@@ -181,7 +183,7 @@ class Recommender:
             config["device"] = chosen
             built = build_run(config, with_trainer=False)
         net = built.model
-        check_vocabulary(path, state, built.train_data._dataset, users=hasattr(net, "group_of_user"))
+        check_vocabulary(path, state, built.train_data._dataset, users=is_grouped(net))
         try:
             net.load_state_dict(state["state_dict"])
         except RuntimeError as error:
@@ -232,27 +234,11 @@ class Recommender:
         return seq.to(self.device), lengths.to(self.device)
 
     # --------------------------------------------------------------------- scoring
-    def route(self, seq: torch.Tensor, lengths: torch.Tensor, users: Sequence[int | None]) -> torch.Tensor:
-        """PerPEFT: each row's group (see the module docstring); 0 when not personalised."""
-        model = self.model
-        groups = torch.zeros(len(seq), dtype=torch.long, device=self.device)
-        if not bool(getattr(model, "personalised", False)):
-            return groups
-        new = [row for row, user in enumerate(users) if user is None]
-        if new:
-            rows = torch.tensor(new, device=self.device)
-            groups[rows] = model.route_new_users(seq[rows], lengths[rows])
-        for row, user in enumerate(users):
-            if user is not None:
-                groups[row] = model.group_of_user[user]
-        return groups
-
     @torch.no_grad()
     def _scores(self, seq: torch.Tensor, lengths: torch.Tensor, users: list[int | None]):
         model = self.model
-        if hasattr(model, "route_new_users"):  # PerPEFT: each row under its group's model
-            groups = self.route(seq, lengths, users)
-            return model.score(seq, lengths, groups), groups
+        if is_grouped(model):  # PerPEFT: each row under its group's model
+            return score_histories(model, seq, lengths, users)
         interaction = Interaction({
             model.ITEM_SEQ: seq,
             model.ITEM_SEQ_LEN: lengths,

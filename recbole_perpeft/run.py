@@ -29,6 +29,7 @@ from recbole_perpeft.data.atomic_files import build_dataset
 from recbole_perpeft.data.sequential import PluginSequentialDataset
 from recbole_perpeft.distributed import unsharded_loaders
 from recbole_perpeft.errors import ConfigError, PerPEFTError
+from recbole_perpeft.model.protocol import dataset_class_of
 from recbole_perpeft.utils import get_model, get_trainer
 
 _DEFAULT_DATASET_CLASS = {
@@ -76,7 +77,7 @@ def create_dataset(config: Config):
     which executes whatever that file holds.)
     """
     model_class = get_model(config["model"])
-    dataset_class = getattr(model_class, "dataset_class", None)
+    dataset_class = dataset_class_of(model_class)
     if dataset_class is None:
         recbole_datasets = importlib.import_module("recbole.data.dataset")
         specific = getattr(recbole_datasets, f"{config['model']}Dataset", None)

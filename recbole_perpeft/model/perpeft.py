@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from copy import deepcopy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from recbole_perpeft.item_encoder import build_item_encoder
 from recbole_perpeft.model.group_modules import GroupItemRepresentation
 from recbole_perpeft.model.group_negatives import GroupNegativeSampler
 from recbole_perpeft.model.grouping import Grouping
+from recbole_perpeft.model.protocol import GroupedRecommender
 from recbole_perpeft.peft_backends.base import GroupedItemEncoder
 from recbole_perpeft.precision import autocast, resolve_mixed_precision
 
@@ -26,7 +28,7 @@ from recbole_perpeft.precision import autocast, resolve_mixed_precision
 BACKBONE_PARTS = ("item_embedding", "position_embedding", "layer_norm", "trm_encoder")
 
 
-class PerPEFT(SequentialRecommender):
+class PerPEFT(SequentialRecommender, GroupedRecommender):
     r"""PerPEFT (Personalized PEFT, WWW 2026; arXiv 2602.09445).
 
     Items are encoded by a multimodal foundation model (CLIP: image + title) adapted with PEFT
@@ -189,6 +191,20 @@ class PerPEFT(SequentialRecommender):
 
     def group_of(self, users: torch.Tensor) -> torch.Tensor:
         return self.group_of_user[users]
+
+    def user_groups(self) -> torch.Tensor:
+        return self.group_of_user
+
+    def formed_groups(self) -> int:
+        return int(self.groups_formed)
+
+    def is_personalised(self) -> bool:
+        return bool(self.personalised)
+
+    def export_groups(self, dataset, folder: Path) -> dict[str, Any]:
+        from recbole_perpeft.model.serving import export_groups
+
+        return export_groups(self, dataset, folder)
 
     @torch.no_grad()
     def route_new_users(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from recbole_perpeft.checkpoint import (
     unique_checkpoint_name,
 )
 from recbole_perpeft.errors import TrainingDivergedError
+from recbole_perpeft.model.protocol import groups_of_last_batch, is_grouped
 from recbole_perpeft.precision import autocast, resolve_mixed_precision
 from recbole_perpeft.run_identity import check_resume_identity, check_vocabulary
 
@@ -90,7 +91,7 @@ class SafeTrainerMixin:
     def _check_nan(self, loss):
         if not torch.isfinite(loss):
             where = f"epoch {self._current_epoch}"
-            groups = getattr(self.model, "last_batch_groups", None)
+            groups = groups_of_last_batch(self.model)
             if groups is not None:
                 where += f", group(s) {groups}"
             raise TrainingDivergedError(
@@ -197,6 +198,10 @@ class SafeTrainerMixin:
         """The file holding the state after the last completed epoch (``--resume``)."""
         return resume_file_of(self.saved_model_file)
 
+    def report(self) -> dict[str, Any]:
+        """What the trainer adds to the result record; subclasses extend it."""
+        return {}
+
     def extra_state(self) -> dict[str, Any]:
         """Trainer state beyond RecBole's, for subclasses to extend."""
         return {}
@@ -251,7 +256,7 @@ class SafeTrainerMixin:
     def _apply_weights(self, checkpoint_file: str, checkpoint: dict[str, Any]) -> None:
         if self.run_identity is not None and self._train_data is not None:
             check_vocabulary(checkpoint_file, checkpoint, self._train_data._dataset,
-                             users=hasattr(self.model, "group_of_user"))
+                             users=is_grouped(self.model))
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
 
