@@ -48,10 +48,10 @@ from recbole_perpeft.atomic_write import atomic_open
 from recbole_perpeft.cache import staged_folder
 from recbole_perpeft.errors import CheckpointError, ConfigError
 from recbole_perpeft.model.protocol import is_grouped
+from recbole_perpeft.run_identity import RESUME_SUFFIX, check_vocabulary
 
 CHECKPOINT_FORMAT = 1
 EXPORT_FORMAT = 1
-RESUME_SUFFIX = ".last.pth"
 
 
 # --------------------------------------------------------------------------------------- names
@@ -110,6 +110,27 @@ def load_checkpoint(
     if model_name is not None and saved_model and str(saved_model).lower() != model_name.lower():
         raise CheckpointError(f"{path} holds model '{saved_model}', not '{model_name}'")
     return state
+
+
+def apply_weights(model: nn.Module, checkpoint: dict[str, Any], checkpoint_file: str | os.PathLike,
+                  dataset: Any = None) -> None:
+    """Load a checkpoint's weights into ``model``: the one place weights are applied.
+
+    With ``dataset`` (the run's data), a checkpoint trained on other item ids (and, for a grouped
+    model, other user ids) is refused first. Weights that do not fit the model are a one-line
+    :class:`CheckpointError`.
+    """
+    if dataset is not None:
+        check_vocabulary(checkpoint_file, checkpoint, dataset, users=is_grouped(model))
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        detail = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"the weights of {checkpoint_file} do not fit the rebuilt {type(model).__name__} (are the settings "
+            f"those of the training run?): {detail}"
+        ) from error
+    model.load_other_parameter(checkpoint.get("other_parameter"))
 
 
 def model_checkpoint(
@@ -266,6 +287,8 @@ def export_model(model: nn.Module, dataset, config, out_dir: str | os.PathLike) 
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "RESUME_SUFFIX",
+    "apply_weights",
     "atomic_torch_save",
     "check_export_dir",
     "export_model",

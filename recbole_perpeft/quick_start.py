@@ -21,6 +21,7 @@ from recbole.utils import init_logger
 
 from recbole_perpeft.checkpoint import check_export_dir, export_model, run_config_of
 from recbole_perpeft.config import Config
+from recbole_perpeft.distributed import is_rank_zero
 from recbole_perpeft.errors import ConfigError
 from recbole_perpeft.model.protocol import model_report
 from recbole_perpeft.plots import plot_run, plots_dir_for
@@ -87,7 +88,7 @@ def run(
     all metrics); ``evaluate_test=False`` skips the test split (``test_result`` is ``None``);
     ``prebuilt_dataset`` is a dataset object already built for the same data settings.
     """
-    is_writer = config["single_spec"] or config["local_rank"] == 0
+    is_writer = is_rank_zero(config)
     if export_dir is not None and is_writer:
         check_export_dir(export_dir)  # before training, not after it
     # RecBole creates these with check-then-mkdir; parallel ranks / trials would race on it.

@@ -90,6 +90,14 @@ def create_dataset(config: Config):
     return build_dataset(dataset_class, config)
 
 
+def build_model(config: Config, dataset: Any) -> torch.nn.Module:
+    """The model ``config`` names over ``dataset`` (the training split's, or the whole dataset to
+    serve a checkpoint), on ``config['device']``; seeded per DDP rank, so each rank draws its own
+    dropout masks and negatives."""
+    seed_everything(config["seed"] + config["local_rank"], config["reproducibility"])
+    return get_model(config["model"])(config, dataset).to(config["device"])
+
+
 @dataclass
 class Run:
     """Everything :func:`build_run` built; ``trainer`` is ``None`` when not asked for."""
@@ -123,11 +131,10 @@ def build_run(config: Config, *, dataset: Any = None, with_trainer: bool = True)
     with unsharded_loaders(config):  # under DDP, batches are split by rows in the trainer
         train_data, valid_data, test_data = data_preparation(config, dataset)
 
-    seed_everything(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = build_model(config, train_data._dataset)
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model) if with_trainer else None
     return Run(config, dataset, train_data, valid_data, test_data, model, trainer, stats)
 
 
-__all__ = ["Run", "build_config", "build_run", "create_dataset", "seed_everything"]
+__all__ = ["Run", "build_config", "build_model", "build_run", "create_dataset", "seed_everything"]
