@@ -98,10 +98,10 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         model = self.model
         if model.n_groups == 1:
             return
-        if not bool(model.personalised) and epoch_idx >= self.warmup_epochs:
+        if not model.is_personalised() and epoch_idx >= self.warmup_epochs:
             self.personalise(epoch_idx)
         elif (
-            bool(model.personalised)
+            model.is_personalised()
             and self.regroup_every > 0
             and epoch_idx > self.warmup_epochs
             and (epoch_idx - self.warmup_epochs) % self.regroup_every == 0
@@ -175,10 +175,10 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
     def regroup(self, epoch_idx: int) -> None:
         """Recluster; each new group starts from the old group it shares most members with."""
         model = self.model
-        old_groups = model.group_of_user.clone().cpu()
+        old_groups = model.user_groups().clone().cpu()
         grouping = self._cluster()
         source = match_groups(old_groups[grouping.users], grouping.group_of_user,
-                              int(model.groups_formed), grouping.n_groups)
+                              model.formed_groups(), grouping.n_groups)
         snapshot = {g: self._group_state(g) for g in set(source.tolist())}
         for new_group, old_group in enumerate(source.tolist()):
             self._load_group_state(new_group, snapshot[old_group])
@@ -227,9 +227,9 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         n_rows = len(dataset)
         order = torch.randperm(n_rows, generator=generator)
         size = self.config["train_batch_size"]
-        if self.batch_mode == "mixed" or not bool(self.model.personalised):
+        if self.batch_mode == "mixed" or not self.model.is_personalised():
             return list(torch.split(order, size))
-        groups = self.model.group_of_user.cpu()[dataset.inter_feat[dataset.uid_field][order]]
+        groups = self.model.user_groups().cpu()[dataset.inter_feat[dataset.uid_field][order]]
         batches = []
         for group in torch.unique(groups).tolist():
             batches.extend(torch.split(order[groups == group], size))
@@ -253,15 +253,15 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
             self.load_weights(model_file or self.saved_model_file)
         users = eval_data._dataset.inter_feat[eval_data._dataset.uid_field]
         self.evaluator.row_groups = None
-        if bool(self.model.personalised):
+        if self.model.is_personalised():
             # Rows reach the collector in the loader's order (it does not shuffle eval data).
-            self.evaluator.row_groups = self.model.group_of_user.cpu()[users]
+            self.evaluator.row_groups = self.model.user_groups().cpu()[users]
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
     def _valid_epoch(self, valid_data, show_progress=False):
         score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
         epoch = self._current_epoch
-        personalised = bool(self.model.personalised)
+        personalised = self.model.is_personalised()
         if personalised:
             self.group_valid_history[str(epoch)] = {str(g): r for g, r in self.evaluator.group_results.items()}
         stage = "personalised" if personalised else "global"
@@ -282,7 +282,7 @@ class PerPEFTTrainer(SafeTrainerMixin, Trainer):
         self._train_rows = train_data
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         # (also after a resume of a run that was stopped between its last epoch and this step)
-        if (self.selection is not None and bool(self.model.personalised) and valid_data
+        if (self.selection is not None and self.model.is_personalised() and valid_data
                 and not bool(self.model.serving_per_group)):
             result = self._serve_groups_from_kept_states(valid_data, saved, show_progress)
         return result
