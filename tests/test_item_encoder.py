@@ -117,3 +117,26 @@ def test_a_name_cannot_be_registered_twice():
     register_item_encoder("test-once")(TableEncoder)
     with pytest.raises(ValueError, match="already registered"):
         register_item_encoder("test-once")(lambda config, dataset, n_groups: TableEncoder(n_groups))
+
+
+class RecordingConfig:
+    """A config that remembers which keys were read."""
+
+    def __init__(self, config) -> None:
+        self.config, self.read = config, set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return self.config[key]
+
+
+def test_given_its_encoder_the_model_reads_no_infrastructure_key(tmp_path):
+    from recbole_perpeft.model import PerPEFT
+
+    config = _offline_config(tmp_path)
+    recording = RecordingConfig(config)
+    PerPEFT(recording, OfflineDataset(config), item_encoder=TableEncoder(GROUPS))
+    infrastructure = {"cache_dir", "show_progress", "max_image_pixels", "foundation_model", "peft_type",
+                      "peft_config", "data_path", "seed", "item_encoder", "image_dir", "checkpoint_dir"}
+    assert recording.read & infrastructure == set()
+    assert {"hidden_size", "n_groups", "content_weight"} <= recording.read

@@ -22,7 +22,7 @@ from recbole_perpeft.model.group_negatives import GroupNegativeSampler
 from recbole_perpeft.model.grouping import Grouping
 from recbole_perpeft.model.protocol import GroupedRecommender
 from recbole_perpeft.peft_backends.base import GroupedItemEncoder
-from recbole_perpeft.precision import autocast, resolve_mixed_precision
+from recbole_perpeft.precision import autocast, check_mixed_precision, resolve_mixed_precision
 
 # The parts of the model every group shares while training (the rest is per group).
 BACKBONE_PARTS = ("item_embedding", "position_embedding", "layer_norm", "trm_encoder")
@@ -62,8 +62,9 @@ class PerPEFT(SequentialRecommender, GroupedRecommender):
         # The reference scales item inputs by sqrt(h) before adding positions (SASRec's paper).
         self.input_scale = math.sqrt(self.hidden_size) if config["scale_item_inputs"] else 1.0
         self.n_users = dataset.user_num
-        # Training autocast is the trainer's; evaluation tables are encoded here, in the same dtype.
-        self.amp_dtype = resolve_mixed_precision(config["mixed_precision"], config["device"])
+        # Training autocast is the trainer's; evaluation tables are encoded here, in the same dtype
+        # (resolved on the device the model is on then: the model reads no device setting).
+        self.mixed_precision = check_mixed_precision(config["mixed_precision"])
         if self.n_groups > self.n_users - 1:  # each group holds its own modules: refuse before building them
             raise ConfigError(
                 f"n_groups={self.n_groups} is more than the {self.n_users - 1} users of dataset "
@@ -319,7 +320,8 @@ class PerPEFT(SequentialRecommender, GroupedRecommender):
     def group_table(self, group: int) -> torch.Tensor:
         """The catalogue as ``group`` sees it, computed once per evaluation."""
         if group not in self._tables:
-            with autocast(self.item_embedding.weight.device, self.amp_dtype):
+            device = self.item_embedding.weight.device
+            with autocast(device, resolve_mixed_precision(self.mixed_precision, device)):
                 table = self.items.table(
                     group, self.n_items, self.encode_batch_size, self.backbone_of(group).item_embedding
                 )
