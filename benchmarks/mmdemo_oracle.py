@@ -6,7 +6,8 @@ the best one possible: every item's "features" are the one-hot ground truth of i
 aspects (domain, category word, colour, shape, pattern, brand, adjective, from
 ``item_aspects.tsv``), served frozen (``peft_type: none``) through the usual per-group projectors.
 Everything else is the plugin's default recipe for mmdemo (``properties/dataset/mmdemo.yaml``).
-The oracle is a diagnostic substituted in this script's own processes, never a product path.
+The oracle is a diagnostic registered as item encoder ``oracle`` in this script's own worker
+processes only (``--item_encoder=oracle``), never a product path.
 
 Rows, for each variant of the generator and each seed: ID only (content off), IISAN over the
 tiny CLIP (global and PerPEFT, the demo's real encoder), the oracle encoder (global and PerPEFT),
@@ -46,6 +47,7 @@ from benchmarks.common import (
 from benchmarks.mmdemo_ceiling import read_tsv
 
 ORACLE_FLAG = "--oracle-encoder"  # first argument of this script's worker processes
+ORACLE_ENCODER = "oracle"  # its name in the plugin's item encoder registry, registered by those workers
 ASPECT_COLUMNS = ("domain", "category", "colour", "shape", "pattern", "brand", "adjective")
 VARIANTS: dict[str, dict[str, int]] = {"mmdemo": {}, "mmdemo-12800": {"n_items": 12800}}
 CONTENT_ONLY = ["--reg_weight=10", "--content_weight=1.0"]
@@ -80,25 +82,27 @@ def oracle_features(aspects_file: Path, item_tokens: list[str]) -> Any:
     return features
 
 
-def run_with_oracle_encoder(cli_args: list[str]) -> int:
-    """The plugin's CLI with the frozen encoder's features replaced by :func:`oracle_features`."""
-    import recbole_perpeft.model.perpeft as perpeft
-    from recbole_perpeft.cli import main
+def build_oracle_encoder(config, dataset, n_groups: int) -> Any:
+    """The frozen default encoder (``peft_type: none``) with :func:`oracle_features` as its features."""
+    from recbole_perpeft.item_encoder import build_default_item_encoder
     from recbole_perpeft.peft_backends.frozen import FrozenGroupedEncoder
 
-    build_real_encoder = perpeft.build_item_encoder
+    encoder = build_default_item_encoder(config, dataset, n_groups)
+    if not isinstance(encoder, FrozenGroupedEncoder):
+        raise SystemExit("the oracle encoder replaces frozen features: run it with --peft_type=none")
+    tokens = list(dataset.field2id_token[dataset.iid_field])
+    features = oracle_features(Path(config["data_path"]) / "item_aspects.tsv", tokens)
+    encoder.features = features.to(encoder.features.device)
+    encoder.feature_dim = features.shape[1]
+    return encoder
 
-    def build_oracle_encoder(config, dataset, n_groups):
-        encoder = build_real_encoder(config, dataset, n_groups)
-        if not isinstance(encoder, FrozenGroupedEncoder):
-            raise SystemExit("the oracle encoder replaces frozen features: run it with --peft_type=none")
-        tokens = list(dataset.field2id_token[dataset.iid_field])
-        features = oracle_features(Path(config["data_path"]) / "item_aspects.tsv", tokens)
-        encoder.features = features.to(encoder.features.device)
-        encoder.feature_dim = features.shape[1]
-        return encoder
 
-    perpeft.build_item_encoder = build_oracle_encoder
+def run_with_oracle_encoder(cli_args: list[str]) -> int:
+    """The plugin's CLI with the oracle registered as item encoder ``oracle`` (chosen by the row's flags)."""
+    from recbole_perpeft.cli import main
+    from recbole_perpeft.item_encoder import register_item_encoder
+
+    register_item_encoder(ORACLE_ENCODER)(build_oracle_encoder)
     return main(cli_args)
 
 
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         cli_flags = last_flag_wins([f"--dataset={variant.replace('-', '_')}", f"--data_path={workdir / 'data'}",
                      "--model=PerPEFT", *shared, *flags, f"--seed={seed}", "--plots=False",
                      f"--checkpoint_dir={workdir / 'saved'}", f"--cache_dir={workdir / 'cache'}",
-                                    *(["--peft_type=none"] if oracle else [])])
+                                    *(["--peft_type=none", f"--item_encoder={ORACLE_ENCODER}"] if oracle else [])])
         entry = [sys.executable, str(Path(__file__).resolve()), ORACLE_FLAG] if oracle else None
         record = run_cli(cli_flags, workdir=workdir / f"{variant}-{index}", entry=entry)
         best_epoch, _ = max(record["valid_scores"], key=lambda epoch_score: epoch_score[1])

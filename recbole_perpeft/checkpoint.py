@@ -49,10 +49,11 @@ from torch import nn
 from recbole_perpeft.atomic_write import atomic_open
 from recbole_perpeft.cache import staged_folder
 from recbole_perpeft.errors import CheckpointError, ConfigError, StorageError, storage_cause
+from recbole_perpeft.model.protocol import is_grouped
+from recbole_perpeft.run_identity import RESUME_SUFFIX, check_vocabulary
 
 CHECKPOINT_FORMAT = 1
 EXPORT_FORMAT = 1
-RESUME_SUFFIX = ".last.pth"
 
 
 # --------------------------------------------------------------------------------------- names
@@ -138,6 +139,27 @@ def load_checkpoint(
     if model_name is not None and saved_model and str(saved_model).lower() != model_name.lower():
         raise CheckpointError(f"{path} holds model '{saved_model}', not '{model_name}'")
     return state
+
+
+def apply_weights(model: nn.Module, checkpoint: dict[str, Any], checkpoint_file: str | os.PathLike,
+                  dataset: Any = None) -> None:
+    """Load a checkpoint's weights into ``model``: the one place weights are applied.
+
+    With ``dataset`` (the run's data), a checkpoint trained on other item ids (and, for a grouped
+    model, other user ids) is refused first. Weights that do not fit the model are a one-line
+    :class:`CheckpointError`.
+    """
+    if dataset is not None:
+        check_vocabulary(checkpoint_file, checkpoint, dataset, users=is_grouped(model))
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        detail = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"the weights of {checkpoint_file} do not fit the rebuilt {type(model).__name__} (are the settings "
+            f"those of the training run?): {detail}"
+        ) from error
+    model.load_other_parameter(checkpoint.get("other_parameter"))
 
 
 def model_checkpoint(
@@ -266,78 +288,6 @@ def check_export_dir(out_dir: str | os.PathLike) -> Path:
     return path
 
 
-def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors wants contiguous CPU tensors that share no memory.
-    return {name: value.detach().cpu().contiguous().clone() for name, value in state.items()}
-
-
-def _write_group_tables(model: nn.Module, dataset, folder: Path, formed: int) -> None:
-    user_tokens = dataset.field2id_token[dataset.uid_field]
-    groups = model.group_of_user.cpu().tolist()
-    lines = ["user_id\tgroup"] + [f"{user_tokens[user]}\t{groups[user]}" for user in range(1, len(groups))]
-    (folder / "user_groups.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    centroids = model.centroids[:formed].cpu().tolist()
-    (folder / "centroids.tsv").write_text(
-        "".join("\t".join(repr(float(x)) for x in row) + "\n" for row in centroids), encoding="utf-8"
-    )
-
-
-def _content_weight(projector: nn.Module) -> float:
-    """The weight of a projector's output in the item representation (fixed or learned)."""
-    learned = getattr(projector, "weight", None)
-    return float(learned) if isinstance(learned, torch.Tensor) else float(getattr(projector, "content_weight", 1.0))
-
-
-def _own_backbone(model: nn.Module, group: int) -> nn.Module | None:
-    """The backbone copy that serves ``group`` under per-group model selection; None: the shared one."""
-    backbone = model.backbone_of(group) if hasattr(model, "backbone_of") else model
-    return None if backbone is model else backbone
-
-
-def _export_grouped(model: nn.Module, dataset, folder: Path) -> dict[str, Any]:
-    """PerPEFT: one folder per formed group, the shared backbone, the grouping as text."""
-    from safetensors.torch import save_file
-
-    from recbole_perpeft.peft_backends.base import group_name
-
-    items = model.items
-    formed = int(model.groups_formed)
-    groups = []
-    for group in range(formed):
-        group_dir = folder / group_name(group)
-        group_dir.mkdir()
-        items.encoder.export_group(group, group_dir)
-        projector = items.projectors[group]
-        save_file(_tensors(projector.state_dict()), str(group_dir / "projector.safetensors"))
-        backbone_file = "backbone.safetensors"
-        own = _own_backbone(model, group)
-        if own is not None:
-            backbone_file = f"{group_name(group)}/backbone.safetensors"
-            save_file(_tensors(own.state_dict()), str(folder / backbone_file))
-        groups.append({"group": group, "content_weight": _content_weight(projector), "backbone": backbone_file})
-    shared = ("items.", "served.")
-    grouping = {"group_of_user", "centroids"}
-    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(shared) and k not in grouping}
-    save_file(_tensors(backbone), str(folder / "backbone.safetensors"))
-    _write_group_tables(model, dataset, folder, formed)
-    return {
-        "personalised": bool(model.personalised),
-        "groups": groups,
-        "item_input_scale": float(getattr(model, "input_scale", 1.0)),
-        "item_representation": "item_embedding.weight[i] (from the group's backbone) + content_weight * "
-                               "projector_g(foundation model with group g's adapter (content of item i)); "
-                               "the backbone reads item_input_scale * representation + position embedding",
-        "files": {
-            "group_<g>/": "the group's encoder adapter (a peft adapter folder: adapter_config.json + "
-                          "adapter_model.safetensors; IISAN: side_network.safetensors; none: nothing), "
-                          "projector.safetensors, and backbone.safetensors when the group has its own",
-            "backbone.safetensors": "the shared SASRec backbone and item ID embeddings",
-            "user_groups.tsv": "raw user id -> group",
-            "centroids.tsv": "one row per group: the centroid of its users' representations",
-        },
-    }
-
-
 def export_model(model: nn.Module, dataset, config, out_dir: str | os.PathLike) -> Path:
     """Write ``model`` to the new folder ``out_dir`` in formats usable without this plugin.
 
@@ -352,8 +302,8 @@ def export_model(model: nn.Module, dataset, config, out_dir: str | os.PathLike) 
     out_dir = check_export_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with staged_folder(out_dir) as folder:
-        if hasattr(model, "items") and hasattr(model, "group_of_user"):
-            manifest = _export_grouped(model, dataset, folder)
+        if is_grouped(model):
+            manifest = model.export_groups(dataset, folder)
         else:
             save_model(model, str(folder / "model.safetensors"))
             manifest = {"files": {"model.safetensors": "the model's weights (torch state_dict names)"}}
@@ -366,6 +316,8 @@ def export_model(model: nn.Module, dataset, config, out_dir: str | os.PathLike) 
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "RESUME_SUFFIX",
+    "apply_weights",
     "atomic_torch_save",
     "check_export_dir",
     "export_model",

@@ -113,6 +113,7 @@ def recommend_main(argv: list[str]) -> int:
     """``--recommend``: top-K items from a saved model; a table for one history, JSON lines for a file."""
     known, rest = build_recommend_parser().parse_known_args(argv)
     from recbole_perpeft.errors import InvalidHistoryError
+    from recbole_perpeft.model.protocol import is_personalised
     from recbole_perpeft.recommend import (
         HistoryLine,
         Recommender,
@@ -163,7 +164,7 @@ def recommend_main(argv: list[str]) -> int:
     else:
         config = recommender.config
         heading = f"{config['model']} on {config['dataset']}: top {len(results[0].items)}"
-        if bool(getattr(recommender.model, "personalised", False)):
+        if is_personalised(recommender.model):
             how = "known user" if recommender.known_user(known.user_id) is not None else "new user, nearest group"
             heading += f", group {results[0].group} ({how})"
         print(format_table(results[0], heading))

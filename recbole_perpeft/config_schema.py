@@ -177,6 +177,9 @@ SCHEMA: tuple[Key, ...] = (
              one_of(*TRAIN_UNITS)),
     # PerPEFT: grouping, per-group modules, group negatives, model selection
     _perpeft("n_groups", "user groups; 1 = global PEFT (the baseline)", integer(1)),
+    _perpeft("item_encoder", "the registered builder of the item encoder (foundation model + content cache + PEFT "
+             "backend) handed to the model; a new one is a `@register_item_encoder(\"name\")` function "
+             "(`recbole_perpeft/item_encoder.py`)", text()),
     _perpeft("schedule", "`auto`: the global stage runs while validation improves (`patience`), users are grouped "
              "from the best global state, each group trains until its own validation stops improving, the run ends "
              "when every group has stopped (`epochs` is a cap); `fixed`: `warmup_epochs` global epochs, then all "

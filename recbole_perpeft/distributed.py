@@ -37,6 +37,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 
+def is_rank_zero(config) -> bool:
+    """Whether this process writes the run's files: a single-process run, or DDP's rank 0."""
+    return bool(config["single_spec"]) or int(config["local_rank"]) == 0
+
+
 def init_distributed_device(final: dict[str, Any]) -> None:
     """Join the process group of a ``local_rank``-configured run; set ``device`` and ``single_spec``.
 

@@ -23,7 +23,9 @@ from recbole.utils import init_logger
 from recbole_perpeft.atomic_write import atomic_write_text
 from recbole_perpeft.checkpoint import check_export_dir, export_model, run_config_of
 from recbole_perpeft.config import Config
+from recbole_perpeft.distributed import is_rank_zero
 from recbole_perpeft.errors import ConfigError, Interrupted, StorageError
+from recbole_perpeft.model.protocol import model_report
 from recbole_perpeft.plots import plot_run, plots_dir_for
 from recbole_perpeft.run import build_config, build_run
 from recbole_perpeft.run_identity import find_resume_file, run_identity
@@ -88,7 +90,7 @@ def run(
     all metrics); ``evaluate_test=False`` skips the test split (``test_result`` is ``None``);
     ``prebuilt_dataset`` is a dataset object already built for the same data settings.
     """
-    is_writer = config["single_spec"] or config["local_rank"] == 0
+    is_writer = is_rank_zero(config)
     # Every output is checked before training, not found unwritable after it.
     if export_dir is not None and is_writer:
         check_export_dir(export_dir)
@@ -155,9 +157,8 @@ def run(
         "params": parameter_counts(recommender),
         "checkpoint": trainer.saved_model_file if saved else None,
     }
-    for source in (recommender, trainer):
-        if hasattr(source, "report"):
-            record.update(source.report())
+    record.update(model_report(recommender))
+    record.update(trainer.report())
     if export_dir is not None and is_writer:
         # The weights just tested: the best checkpoint's when saved, else the last epoch's.
         record["export"] = str(export_model(recommender, built.train_data._dataset, config, export_dir))

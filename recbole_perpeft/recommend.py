@@ -36,7 +36,7 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
-from recbole_perpeft.checkpoint import load_checkpoint
+from recbole_perpeft.checkpoint import apply_weights, load_checkpoint
 from recbole_perpeft.config import dump_config_yaml
 from recbole_perpeft.errors import (
     CheckpointError,
@@ -44,8 +44,10 @@ from recbole_perpeft.errors import (
     InvalidHistoryError,
     UnknownItemError,
 )
-from recbole_perpeft.run import build_config, build_run
-from recbole_perpeft.run_identity import check_vocabulary
+from recbole_perpeft.model.protocol import is_grouped
+from recbole_perpeft.model.serving import score_histories
+from recbole_perpeft.run import build_config, build_model, create_dataset, seed_everything
+from recbole_perpeft.seen_items import history_pairs, mask_seen_items
 
 __all__ = [
     "CheckpointError",
@@ -179,19 +181,12 @@ class Recommender:
             dump_config_yaml(settings, run_file)
             config = build_config(model_name, dataset_name, [str(run_file), *(config_files or [])], config_dict)
             config["device"] = chosen
-            built = build_run(config, with_trainer=False)
-        net = built.model
-        check_vocabulary(path, state, built.train_data._dataset, users=hasattr(net, "group_of_user"))
-        try:
-            net.load_state_dict(state["state_dict"])
-        except RuntimeError as error:
-            detail = str(error).strip().splitlines()[0]
-            raise CheckpointError(
-                f"the weights of {path} do not fit the rebuilt {config['model']} (are the settings those of "
-                f"the training run?): {detail}"
-            ) from error
-        net.load_other_parameter(state.get("other_parameter"))
-        return cls(net, built.train_data._dataset, config)
+            # The model is restored over the whole dataset: no train/valid/test split is built.
+            seed_everything(config["seed"], config["reproducibility"])
+            data = create_dataset(config)
+            net = build_model(config, data)
+        apply_weights(net, state, path, data)
+        return cls(net, data, config)
 
     # ---------------------------------------------------------------------- inputs
     def item_ids(self, history: Sequence[str]) -> list[int]:
@@ -232,27 +227,11 @@ class Recommender:
         return seq.to(self.device), lengths.to(self.device)
 
     # --------------------------------------------------------------------- scoring
-    def route(self, seq: torch.Tensor, lengths: torch.Tensor, users: Sequence[int | None]) -> torch.Tensor:
-        """PerPEFT: each row's group (see the module docstring); 0 when not personalised."""
-        model = self.model
-        groups = torch.zeros(len(seq), dtype=torch.long, device=self.device)
-        if not bool(getattr(model, "personalised", False)):
-            return groups
-        new = [row for row, user in enumerate(users) if user is None]
-        if new:
-            rows = torch.tensor(new, device=self.device)
-            groups[rows] = model.route_new_users(seq[rows], lengths[rows])
-        for row, user in enumerate(users):
-            if user is not None:
-                groups[row] = model.group_of_user[user]
-        return groups
-
     @torch.no_grad()
     def _scores(self, seq: torch.Tensor, lengths: torch.Tensor, users: list[int | None]):
         model = self.model
-        if hasattr(model, "route_new_users"):  # PerPEFT: each row under its group's model
-            groups = self.route(seq, lengths, users)
-            return model.score(seq, lengths, groups), groups
+        if is_grouped(model):  # PerPEFT: each row under its group's model
+            return score_histories(model, seq, lengths, users)
         interaction = Interaction({
             model.ITEM_SEQ: seq,
             model.ITEM_SEQ_LEN: lengths,
@@ -311,10 +290,8 @@ class Recommender:
             seq, lengths = self._sequences(chunk)
             scores, groups = self._scores(seq, lengths, users)
             scores = scores.float()
-            scores[:, 0] = -torch.inf  # padding is never an item
-            if exclude_seen:
-                for row, items in enumerate(chunk):
-                    scores[row, items] = -torch.inf
+            rows, items = history_pairs(chunk if exclude_seen else [])
+            mask_seen_items(scores, rows, items)  # padding always, the history with exclude_seen
             top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
             for row in range(len(chunk)):
                 keep = torch.isfinite(top.values[row])  # fewer candidates than k: no filler

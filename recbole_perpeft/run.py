@@ -29,6 +29,7 @@ from recbole_perpeft.data.atomic_files import build_dataset
 from recbole_perpeft.data.sequential import PluginSequentialDataset
 from recbole_perpeft.distributed import unsharded_loaders
 from recbole_perpeft.errors import ConfigError, PerPEFTError
+from recbole_perpeft.model.protocol import dataset_class_of
 from recbole_perpeft.utils import get_model, get_trainer
 
 _DEFAULT_DATASET_CLASS = {
@@ -76,7 +77,7 @@ def create_dataset(config: Config):
     which executes whatever that file holds.)
     """
     model_class = get_model(config["model"])
-    dataset_class = getattr(model_class, "dataset_class", None)
+    dataset_class = dataset_class_of(model_class)
     if dataset_class is None:
         recbole_datasets = importlib.import_module("recbole.data.dataset")
         specific = getattr(recbole_datasets, f"{config['model']}Dataset", None)
@@ -101,6 +102,14 @@ def check_topk(config: Config, dataset: Any) -> None:
     if any(str(mode).lower() == "full" for mode in modes) and largest > n_items:
         raise ConfigError(f"topk {largest} is more than the {n_items} items of dataset '{config['dataset']}': "
                           f"lower --topk (e.g. --topk=\"[{min(10, n_items)}]\")")
+
+
+def build_model(config: Config, dataset: Any) -> torch.nn.Module:
+    """The model ``config`` names over ``dataset`` (the training split's, or the whole dataset to
+    serve a checkpoint), on ``config['device']``; seeded per DDP rank, so each rank draws its own
+    dropout masks and negatives."""
+    seed_everything(config["seed"] + config["local_rank"], config["reproducibility"])
+    return get_model(config["model"])(config, dataset).to(config["device"])
 
 
 @dataclass
@@ -137,11 +146,10 @@ def build_run(config: Config, *, dataset: Any = None, with_trainer: bool = True)
     with unsharded_loaders(config):  # under DDP, batches are split by rows in the trainer
         train_data, valid_data, test_data = data_preparation(config, dataset)
 
-    seed_everything(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = build_model(config, train_data._dataset)
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model) if with_trainer else None
     return Run(config, dataset, train_data, valid_data, test_data, model, trainer, stats)
 
 
-__all__ = ["Run", "build_config", "build_run", "create_dataset", "seed_everything"]
+__all__ = ["Run", "build_config", "build_model", "build_run", "create_dataset", "seed_everything"]

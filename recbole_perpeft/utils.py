@@ -24,12 +24,9 @@ _RECBOLE_EXLIB = {"lightgbm": "lightgbm", "xgboost": "xgboost"}
 @cache
 def plugin_models() -> dict[str, type]:
     """The models this plugin adds, by class name."""
-    from recbole_perpeft import model as plugin_model_package
+    from recbole_perpeft.model import PLUGIN_MODELS
 
-    return {
-        name: getattr(plugin_model_package, name)
-        for name in getattr(plugin_model_package, "__all__", [])
-    }
+    return {model_class.__name__: model_class for model_class in PLUGIN_MODELS}
 
 
 @cache

@@ -7,6 +7,7 @@ import is still a dependency, only a later one.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from conftest import REPO
@@ -91,3 +92,63 @@ def test_nothing_below_the_cli_imports_the_entry_points():
     below = {name: targets & entry_points for name, targets in graph.items() if name not in entry_points}
     assert {name: sorted(reached) for name, reached in below.items() if reached} == {}
     assert not any("recbole_perpeft.cli" in targets for targets in graph.values())
+
+
+# Where "model" names a foundation model (Hugging Face's), whose optional attributes are probed.
+FOUNDATION_SIDE = {"encoders", "peft_backends"}
+MODEL_NAMES = re.compile(r"model|\bnet\b|recommender", re.IGNORECASE)
+
+
+def attribute_probes(tree: ast.AST) -> list[tuple[int, str]]:
+    """``hasattr``/``getattr`` calls whose object reads as a recommender: (line, call source)."""
+    probes = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in {"hasattr", "getattr"} and node.args
+                and MODEL_NAMES.search(ast.unparse(node.args[0]))):
+            probes.append((node.lineno, ast.unparse(node)))
+    return probes
+
+
+def test_no_code_outside_model_probes_a_models_attributes():
+    """Generic code asks a model through recbole_perpeft.model.protocol, never by probing it."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        part = path.relative_to(PACKAGE).parts[0]
+        if part == "model" or part in FOUNDATION_SIDE:
+            continue
+        probes = attribute_probes(ast.parse(path.read_text(encoding="utf-8")))
+        if probes:
+            found[str(path.relative_to(REPO))] = probes
+    assert found == {}
+
+
+def test_the_probe_walk_finds_a_probe():
+    tree = ast.parse("if hasattr(self.model, 'group_of_user'):\n    x = getattr(net, 'items', None)\n"
+                     "y = getattr(config, 'dataset', None)")
+    assert [line for line, _ in attribute_probes(tree)] == [1, 2]
+
+
+def test_benchmarks_monkeypatch_nothing_in_the_package():
+    """A benchmark extends the plugin through its registries, never by assigning into its modules."""
+    patched = {}
+    for path in (REPO / "benchmarks").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        package_aliases = {
+            alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+            for alias in node.names if alias.name.startswith("recbole_perpeft")
+        } | {
+            alias.asname or alias.name for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recbole_perpeft")
+            for alias in node.names
+        }
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                if isinstance(target, ast.Attribute) and ast.unparse(target).split(".")[0] in package_aliases:
+                    patched.setdefault(str(path.relative_to(REPO)), []).append(ast.unparse(target))
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+                    and node.args and ast.unparse(node.args[0]).split(".")[0] in package_aliases):
+                patched.setdefault(str(path.relative_to(REPO)), []).append(ast.unparse(node))
+    assert patched == {}

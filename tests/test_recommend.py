@@ -286,3 +286,19 @@ def test_checkpoint_without_run_config_needs_the_dataset(trained, sasrec_checkpo
         Recommender.from_checkpoint(old, dataset="mmrec", data_path=trained["data_path"], hidden_size=8)
     with pytest.raises(CheckpointError, match="holds model 'SASRec', not 'GRU4Rec'"):
         Recommender.from_checkpoint(old, model="GRU4Rec", dataset="mmrec")
+
+
+def test_a_checkpoint_is_restored_without_building_the_splits(trained, monkeypatch):
+    """``recommend`` rebuilds the dataset and the model only: a split would be wasted work."""
+    from recbole_perpeft.data.sequential import PluginSequentialDataset
+
+    def no_split(self):
+        raise AssertionError("recommend built the train/valid/test split")
+
+    monkeypatch.setattr(PluginSequentialDataset, "build", no_split)
+    monkeypatch.setattr("recbole_perpeft.run.data_preparation", no_split)
+    restored = Recommender.from_checkpoint(trained["checkpoint"])
+    histories = [trained["sequences"][user][:6] for user in sorted(trained["sequences"])[:12]]
+    users = [None, *sorted(trained["sequences"])[1:12]]
+    assert restored.recommend_batch(histories, k=10, user_ids=users) == \
+        trained["recommender"].recommend_batch(histories, k=10, user_ids=users)

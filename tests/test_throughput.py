@@ -260,19 +260,19 @@ def test_bf16_trains_foundation_and_backbone_in_bf16_over_fp32_weights(small_dat
 
 
 def test_fp16_scales_the_loss_unscales_before_clipping_and_resumes_the_scale(small_data, monkeypatch):
-    import recbole_perpeft.trainer.safe as safe
+    import recbole_perpeft.trainer.epoch_loop as epoch_loop
 
     trainer, train_data, _ = _trainer(small_data, mixed_precision="fp16", clip_grad_norm={"max_norm": 1.0})
     assert trainer.scaler.is_enabled()
     norms = []
-    original = safe.clip_grad_norm_
+    original = epoch_loop.clip_grad_norm_
 
     def recording_clip(parameters, **kwargs):
         parameters = [p for p in parameters if p.grad is not None]
         norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))))
         return original(parameters, **kwargs)
 
-    monkeypatch.setattr(safe, "clip_grad_norm_", recording_clip)
+    monkeypatch.setattr(epoch_loop, "clip_grad_norm_", recording_clip)
     trainer._train_epoch(train_data, 0)
     scale = trainer.scaler.get_scale()
     assert norms and max(norms) < 1e3 < scale  # clipped gradients were unscaled (the scale is ~6.5e4)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -96,6 +97,14 @@ def window_rows(dataset: SequentialDataset, window: int) -> SequentialDataset:
 
 class PluginSequentialDataset(SequentialDataset):
     """``SequentialDataset`` with evaluation histories and a selectable training unit."""
+
+    @cached_property
+    def history(self) -> UserItems:
+        """Every item of every user. A split replaces it by the items before its own targets
+        (``build``); the whole dataset's serves a restored model, which trains on none of it."""
+        users = torch.as_tensor(np.asarray(self.inter_feat[self.uid_field]), dtype=torch.long)
+        items = torch.as_tensor(np.asarray(self.inter_feat[self.iid_field]), dtype=torch.long)
+        return UserItems.from_pairs(users, items, self.user_num, self.item_num)
 
     def build(self):
         self._report_short_users()

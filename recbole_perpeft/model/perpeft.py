@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from copy import deepcopy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,19 +14,21 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_perpeft.cache import cache_root
 from recbole_perpeft.data.dataset import MultimodalSequentialDataset
 from recbole_perpeft.errors import ConfigError
+from recbole_perpeft.item_encoder import build_item_encoder
 from recbole_perpeft.model.group_modules import GroupItemRepresentation
 from recbole_perpeft.model.group_negatives import GroupNegativeSampler
 from recbole_perpeft.model.grouping import Grouping
-from recbole_perpeft.precision import autocast, resolve_mixed_precision
+from recbole_perpeft.model.protocol import GroupedRecommender
+from recbole_perpeft.peft_backends.base import GroupedItemEncoder
+from recbole_perpeft.precision import autocast, check_mixed_precision, resolve_mixed_precision
 
 # The parts of the model every group shares while training (the rest is per group).
 BACKBONE_PARTS = ("item_embedding", "position_embedding", "layer_norm", "trm_encoder")
 
 
-class PerPEFT(SequentialRecommender):
+class PerPEFT(SequentialRecommender, GroupedRecommender):
     r"""PerPEFT (Personalized PEFT, WWW 2026; arXiv 2602.09445).
 
     Items are encoded by a multimodal foundation model (CLIP: image + title) adapted with PEFT
@@ -43,7 +46,10 @@ class PerPEFT(SequentialRecommender):
     input_type = InputType.POINTWISE
     dataset_class = MultimodalSequentialDataset
 
-    def __init__(self, config, dataset):
+    def __init__(self, config, dataset, item_encoder: GroupedItemEncoder | None = None):
+        """``item_encoder``: the foundation model with its PEFT backend and content (``n_groups``
+        adapters), built outside the model (:mod:`recbole_perpeft.item_encoder`); when not given,
+        the one ``config["item_encoder"]`` names is built for it there."""
         super().__init__(config, dataset)
         self.hidden_size = config["hidden_size"]
         self.n_groups = config["n_groups"]
@@ -56,8 +62,9 @@ class PerPEFT(SequentialRecommender):
         # The reference scales item inputs by sqrt(h) before adding positions (SASRec's paper).
         self.input_scale = math.sqrt(self.hidden_size) if config["scale_item_inputs"] else 1.0
         self.n_users = dataset.user_num
-        # Training autocast is the trainer's; evaluation tables are encoded here, in the same dtype.
-        self.amp_dtype = resolve_mixed_precision(config["mixed_precision"], config["device"])
+        # Training autocast is the trainer's; evaluation tables are encoded here, in the same dtype
+        # (resolved on the device the model is on then: the model reads no device setting).
+        self.mixed_precision = check_mixed_precision(config["mixed_precision"])
         if self.n_groups > self.n_users - 1:  # each group holds its own modules: refuse before building them
             raise ConfigError(
                 f"n_groups={self.n_groups} is more than the {self.n_users - 1} users of dataset "
@@ -82,8 +89,10 @@ class PerPEFT(SequentialRecommender):
         self._init_backbone(config["initializer_range"])
 
         # Per-group PEFT modules and projectors over the foundation model.
+        if item_encoder is None:
+            item_encoder = build_item_encoder(config, dataset, self.n_groups)
         self.items = GroupItemRepresentation(
-            build_item_encoder(config, dataset, self.n_groups),
+            item_encoder,
             self.item_embedding,
             self.hidden_size,
             config["content_weight"],
@@ -183,6 +192,20 @@ class PerPEFT(SequentialRecommender):
 
     def group_of(self, users: torch.Tensor) -> torch.Tensor:
         return self.group_of_user[users]
+
+    def user_groups(self) -> torch.Tensor:
+        return self.group_of_user
+
+    def formed_groups(self) -> int:
+        return int(self.groups_formed)
+
+    def is_personalised(self) -> bool:
+        return bool(self.personalised)
+
+    def export_groups(self, dataset, folder: Path) -> dict[str, Any]:
+        from recbole_perpeft.model.serving import export_groups
+
+        return export_groups(self, dataset, folder)
 
     @torch.no_grad()
     def route_new_users(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
@@ -297,7 +320,8 @@ class PerPEFT(SequentialRecommender):
     def group_table(self, group: int) -> torch.Tensor:
         """The catalogue as ``group`` sees it, computed once per evaluation."""
         if group not in self._tables:
-            with autocast(self.item_embedding.weight.device, self.amp_dtype):
+            device = self.item_embedding.weight.device
+            with autocast(device, resolve_mixed_precision(self.mixed_precision, device)):
                 table = self.items.table(
                     group, self.n_items, self.encode_batch_size, self.backbone_of(group).item_embedding
                 )
@@ -362,33 +386,3 @@ class PerPEFT(SequentialRecommender):
             },
         }
 
-
-def build_item_encoder(config, dataset, n_groups: int):
-    """The foundation model, its content cache and the PEFT backend with ``n_groups`` adapters."""
-    from recbole_perpeft.data.content_cache import build_or_load_content_cache
-    from recbole_perpeft.encoders import build_foundation_encoder
-    from recbole_perpeft.encoders.factory import progress_bars
-    from recbole_perpeft.peft_backends import build_grouped_encoder
-
-    caches = cache_root(config["cache_dir"])
-    with progress_bars(config["show_progress"]):
-        foundation = build_foundation_encoder(config["foundation_model"], seed=config["seed"])
-    content = build_or_load_content_cache(
-        dataset.item_content,
-        foundation.processor,
-        caches / "content",
-        show_progress=config["show_progress"],
-        logger=dataset.logger,
-        max_image_pixels=config["max_image_pixels"],
-    )
-    return build_grouped_encoder(
-        foundation,
-        config["peft_type"],
-        n_groups,
-        content.tensors,
-        content.key,
-        peft_config=config["peft_config"],
-        cache_dir=caches / "encoders",
-        show_progress=config["show_progress"],
-        seed=config["seed"],
-    ).to(config["device"])

@@ -95,9 +95,11 @@ class _StagedLoop(Trainer):
                 self.logger.info(self._generate_train_loss_output(epoch_idx, start, time.time(), train_loss))
             start = time.time()
             valid_score, valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
-            improved = self.best_valid_result is None or (
-                valid_score >= self.best_valid_score if self.valid_metric_bigger else valid_score <= self.best_valid_score
-            )
+            # ties count as better, as in RecBole's early_stopping
+            if self.valid_metric_bigger:
+                improved = self.best_valid_result is None or valid_score >= self.best_valid_score
+            else:
+                improved = self.best_valid_result is None or valid_score <= self.best_valid_score
             if improved:
                 self.best_valid_score, self.best_valid_result, self.cur_step = valid_score, valid_result, 0
                 if saved:
@@ -161,10 +163,10 @@ class PerPEFTTrainer(SafeTrainerMixin, _StagedLoop):
         model = self.model
         if model.n_groups == 1:
             return
-        if not bool(model.personalised) and self._global_stage_over(epoch_idx):
+        if not model.is_personalised() and self._global_stage_over(epoch_idx):
             self.personalise(epoch_idx)
         elif (
-            bool(model.personalised)
+            model.is_personalised()
             and self.regroup_every > 0
             and epoch_idx > self.grouped_at
             and (epoch_idx - self.grouped_at) % self.regroup_every == 0
@@ -275,10 +277,10 @@ class PerPEFTTrainer(SafeTrainerMixin, _StagedLoop):
     def regroup(self, epoch_idx: int) -> None:
         """Recluster; each new group starts from the old group it shares most members with."""
         model = self.model
-        old_groups = model.group_of_user.clone().cpu()
+        old_groups = model.user_groups().clone().cpu()
         grouping = self._cluster()
         source = match_groups(old_groups[grouping.users], grouping.group_of_user,
-                              int(model.groups_formed), grouping.n_groups)
+                              model.formed_groups(), grouping.n_groups)
         snapshot = {g: self._group_state(g) for g in set(source.tolist())}
         for new_group, old_group in enumerate(source.tolist()):
             self._load_group_state(new_group, snapshot[old_group])
@@ -331,9 +333,9 @@ class PerPEFTTrainer(SafeTrainerMixin, _StagedLoop):
         n_rows = len(dataset)
         order = torch.randperm(n_rows, generator=generator)
         size = self.config["train_batch_size"]
-        if not bool(self.model.personalised):
+        if not self.model.is_personalised():
             return list(torch.split(order, size))
-        groups = self.model.group_of_user.cpu()[dataset.inter_feat[dataset.uid_field][order]]
+        groups = self.model.user_groups().cpu()[dataset.inter_feat[dataset.uid_field][order]]
         stopped = sorted(self.auto.stopped) if self.auto is not None else []
         if stopped:  # a stopped group's modules stay as they are: its rows train nothing any more
             active = ~torch.isin(groups, torch.tensor(stopped, dtype=groups.dtype))
@@ -363,15 +365,15 @@ class PerPEFTTrainer(SafeTrainerMixin, _StagedLoop):
             self.load_weights(model_file or self.saved_model_file)
         users = eval_data._dataset.inter_feat[eval_data._dataset.uid_field]
         self.evaluator.row_groups = None
-        if bool(self.model.personalised):
+        if self.model.is_personalised():
             # Rows reach the collector in the loader's order (it does not shuffle eval data).
-            self.evaluator.row_groups = self.model.group_of_user.cpu()[users]
+            self.evaluator.row_groups = self.model.user_groups().cpu()[users]
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
     def _valid_epoch(self, valid_data, show_progress=False):
         score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
         epoch = self._current_epoch
-        personalised = bool(self.model.personalised)
+        personalised = self.model.is_personalised()
         if personalised:
             self.group_valid_history[str(epoch)] = {str(g): r for g, r in self.evaluator.group_results.items()}
         stage = "personalised" if personalised else "global"
@@ -457,7 +459,7 @@ class PerPEFTTrainer(SafeTrainerMixin, _StagedLoop):
                     f"{schedule['cap_estimated_train_seconds']:.1f} s"
                 )
         # (also after a resume of a run that was stopped between its last epoch and this step)
-        if (self.selection is not None and bool(self.model.personalised) and valid_data
+        if (self.selection is not None and self.model.is_personalised() and valid_data
                 and not bool(self.model.serving_per_group)):
             result = self._serve_groups_from_kept_states(valid_data, saved, show_progress)
         return result

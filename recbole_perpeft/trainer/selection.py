@@ -87,7 +87,7 @@ class GroupSelection:
         ``frozen`` groups (stopped by ``schedule: auto``) keep the state they stopped with."""
         self.row_users = row_users.cpu()
         backbone = model.backbone_state()
-        if not bool(model.personalised):
+        if not model.is_personalised():
             self.scores[int(epoch)] = row_scores.cpu()
             modules = [p.detach().clone() for p in model.items.group_parameters(0)]
             self.warmup[int(epoch)] = KeptState(int(epoch), backbone, modules)
@@ -105,8 +105,8 @@ class GroupSelection:
                 self.personalised_score[group] = score
 
     def _rows_of_groups(self, model) -> dict[int, torch.Tensor]:
-        row_groups = model.group_of_user.cpu()[self.row_users]
-        return {g: (row_groups == g).nonzero().squeeze(1) for g in range(int(model.groups_formed))}
+        row_groups = model.user_groups().cpu()[self.row_users]
+        return {g: (row_groups == g).nonzero().squeeze(1) for g in range(model.formed_groups())}
 
     def on_grouping(self, model) -> None:
         """Users were (re)grouped: each group starts from its best warm-up epoch, scored on
@@ -127,7 +127,7 @@ class GroupSelection:
     def assemble(self, model) -> dict[int, int]:
         """Serve every group with its kept state; returns each group's epoch."""
         kept = {}
-        for group in range(int(model.groups_formed)):
+        for group in range(model.formed_groups()):
             state = self.best.get(group)
             if state is None:
                 continue
