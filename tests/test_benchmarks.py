@@ -165,3 +165,28 @@ def test_scratch_folders_are_removed_unless_the_benchmark_fails(tmp_path, fails)
         assert done.returncode == 1 and len(left) == 1 and f"work files kept in {left[0]}" in done.stderr
     else:
         assert done.returncode == 0 and left == []
+
+
+def test_schedule_savings_pairs_auto_runs_with_their_fixed_twins(tmp_path):
+    from benchmarks.schedule_savings import pairs, table
+
+    auto, fixed = tmp_path / "auto", tmp_path / "fixed"
+    auto.mkdir()
+    fixed.mkdir()
+
+    def record(seconds, valid, test, schedule=None):
+        value = {"train_epoch_seconds": seconds, "best_valid_score": valid, "test_result": {"ndcg@20": test}}
+        if schedule is not None:
+            value["schedule"] = schedule
+        return json.dumps(value)
+
+    (auto / "ds__PerPEFT_iisan__2020.json").write_text(
+        record([2.0] * 6, 0.3, 0.2, {"grouped": [{"epoch": 3}]}))
+    (fixed / "ds__PerPEFT_iisan__2020.json").write_text(record([2.0] * 10, 0.29, 0.21))
+    (auto / "ds__SASRec_RecBole__2020.json").write_text(record([1.0], 0.1, 0.1))  # no schedule: not paired
+    rows = pairs(auto, fixed)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["epochs_auto"], row["epochs_fixed"], row["grouped_at"]) == (6, 10, [3])
+    assert (row["train_seconds_auto"], row["train_seconds_fixed"]) == (12.0, 20.0)
+    assert "| ds | PerPEFT_iisan | 1 | 0.60 | 0.60 |" in table(rows)
