@@ -47,14 +47,13 @@ def eager_run(tmp_path_factory, small_data):
     grouping, and every group's modules at every validation after grouping."""
     from recbole.data import data_preparation
 
-    from recbole_perpeft.model import PerPEFT
-    from recbole_perpeft.run import build_config, create_dataset
+    from recbole_perpeft.run import build_config, build_model, create_dataset
     from recbole_perpeft.trainer import PerPEFTTrainer
 
     config = build_config("PerPEFT", "mmsmall", config_dict={
         **EAGER, "data_path": small_data, "checkpoint_dir": str(tmp_path_factory.mktemp("saved"))})
     train_data, valid_data, _ = data_preparation(config, create_dataset(config))
-    model = PerPEFT(config, train_data._dataset)
+    model = build_model(config, train_data._dataset)  # seeded: the same run in any test process
     trainer = PerPEFTTrainer(config, model)
     seen = {"global": {}, "grouped": None, "modules": {}}
     valid_epoch, cluster = trainer._valid_epoch, trainer._cluster
@@ -76,11 +75,11 @@ def eager_run(tmp_path_factory, small_data):
 
     trainer._valid_epoch, trainer._cluster = watched_valid_epoch, watched_cluster
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-    return trainer, seen
+    return trainer, seen, train_data
 
 
 def test_users_are_grouped_from_the_best_global_state(eager_run):
-    trainer, seen = eager_run
+    trainer, seen, _ = eager_run
     scores = dict(trainer.valid_scores)
     grouped = [e for e in trainer.grouping_log if e["event"] == "grouped"]
     assert len(grouped) == 1 and "had not improved for 1 epochs" in grouped[0]["reason"]
@@ -92,22 +91,38 @@ def test_users_are_grouped_from_the_best_global_state(eager_run):
     assert not torch.equal(seen["grouped"], seen["global"][global_epochs[-1]])
 
 
-def test_stopped_groups_stay_as_they_stopped_and_the_run_ends(eager_run):
-    trainer, seen = eager_run
+def test_every_group_stops_and_the_run_ends_before_the_cap(eager_run):
+    trainer, seen, _ = eager_run
     schedule = trainer.schedule_report()
     stops = {e["group"]: e["epoch"] for e in schedule["stops"]}
     assert stops and set(stops) == set(range(int(trainer.model.groups_formed)))
     assert schedule["epochs_run"] == max(stops.values()) + 1 < trainer.epochs  # ended by itself, before the cap
-    for group, stopped_at in stops.items():
-        later = [e for e in seen["modules"] if e > stopped_at]
-        for epoch in later:
+    for group, stopped_at in stops.items():  # whatever trained later left a stopped group as it was
+        for epoch in (e for e in seen["modules"] if e > stopped_at):
             for before, after in zip(seen["modules"][stopped_at][group], seen["modules"][epoch][group], strict=True):
                 assert torch.equal(before, after), f"group {group} changed after it stopped at epoch {stopped_at}"
-    assert any(e > min(stops.values()) for e in seen["modules"])  # some group trained on after another stopped
     assert schedule["train_seconds"] > 0 and schedule["cap_estimated_train_seconds"] > schedule["train_seconds"]
     # a stopped group is served with a state from before it stopped
     for group, report in trainer.selection_report()["groups"].items():
         assert report["epoch_kept"] <= stops[int(group)]
+
+
+def test_a_stopped_groups_batches_are_skipped_and_its_modules_stay(eager_run):
+    trainer, _, train_data = eager_run
+    model = trainer.model
+    epoch = len(trainer.train_epoch_seconds)
+    trainer.auto.stopped = {0: epoch - 1}  # only group 0 has stopped
+    users = train_data._dataset.inter_feat[train_data._dataset.uid_field]
+    trained_rows = torch.cat(trainer._batches(train_data, epoch))
+    groups_of_rows = model.group_of_user.cpu()[users[trained_rows]]
+    assert len(trained_rows) and not (groups_of_rows == 0).any()
+    assert set(groups_of_rows.tolist()) == set(range(1, int(model.groups_formed)))
+    before = {g: [p.detach().clone() for p in model.items.group_parameters(g)] for g in range(model.n_groups)}
+    trainer._train_epoch(train_data, epoch)
+    after = {g: list(model.items.group_parameters(g)) for g in range(model.n_groups)}
+    assert all(torch.equal(b, a) for b, a in zip(before[0], after[0], strict=True))
+    for group in range(1, int(model.groups_formed)):
+        assert not all(torch.equal(b, a) for b, a in zip(before[group], after[group], strict=True))
 
 
 def test_a_run_without_settings_ends_by_itself_and_says_when(small_data, tmp_path):
