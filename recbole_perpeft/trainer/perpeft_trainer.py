@@ -188,8 +188,7 @@ class PerPEFTTrainer(SafeTrainerMixin, _StagedLoop):
 
     def _global_state(self) -> dict:
         """The trainable state of the global stage: the shared backbone and group 0's modules."""
-        return {"backbone": self.model.backbone_state(),
-                "modules": [p.detach().clone() for p in self.model.items.group_parameters(0)]}
+        return {"backbone": self.model.backbone_state(), "modules": self._group_state(0)}
 
     def _restore_best_global(self) -> str:
         """Load the best global epoch's state (``schedule: auto``); says why the stage ended."""
@@ -430,8 +429,7 @@ class PerPEFTTrainer(SafeTrainerMixin, _StagedLoop):
             return report
         report["patience"] = self.auto.patience
         report["stops"] = self.auto.events
-        stopped_before = {e for e in self.auto.stopped.values()}
-        first_stop = min(stopped_before) if stopped_before else None
+        first_stop = min(self.auto.stopped.values(), default=None)
         full = [s for epoch, s in enumerate(self.train_epoch_seconds) if first_stop is None or epoch <= first_stop]
         if full and epochs_run:
             # every epoch of the cap at the cost of an epoch with every group still training
