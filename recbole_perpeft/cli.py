@@ -288,5 +288,7 @@ def _dispatch(argv: Sequence[str] | None = None) -> int:
         return 2
     test = record.get("test_result") or {}
     summary = ", ".join(f"{key}={value:.4f}" for key, value in test.items())
-    print(f"{record['model']} on {record['dataset']}: test {summary}")
+    served = " (served: the ID-only backbone, which validated better than item content)" if (
+        record.get("id_check", {}).get("served") == "id_only") else ""
+    print(f"{record['model']} on {record['dataset']}: test {summary}{served}")
     return 0

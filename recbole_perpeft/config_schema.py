@@ -162,6 +162,9 @@ SCHEMA: tuple[Key, ...] = (
              "reference's exact training; [recipes.md](recipes.md#training-recipe-recipe))", text()),
     _perpeft("learn_content_weight", "learn the content weight (one scalar per group), starting at `content_weight`",
              boolean()),
+    _perpeft("id_fallback", "also train the same backbone over item IDs alone (`n_groups: 1`, `peft_type: none`, "
+             "`content_weight: 0`) and serve it where its best validation score beats the content model's: never "
+             "worse than the IDs on validation ([recipes.md](recipes.md#id-only-check-id_fallback))", boolean()),
     _perpeft("scale_item_inputs", "item inputs times √hidden_size before positions are added (the reference)",
              boolean()),
     Key("TITLE_FIELD", "the `.item` column holding the title (`~`: none)", shapes_data=True),

@@ -25,6 +25,7 @@ from recbole_perpeft.checkpoint import check_export_dir, export_model, run_confi
 from recbole_perpeft.config import Config
 from recbole_perpeft.distributed import is_rank_zero
 from recbole_perpeft.errors import ConfigError, Interrupted, StorageError
+from recbole_perpeft.id_check import check_line, choose, id_check_applies, id_only_config
 from recbole_perpeft.model.protocol import model_report
 from recbole_perpeft.plots import plot_run, plots_dir_for
 from recbole_perpeft.run import build_config, build_run
@@ -110,29 +111,23 @@ def run(
     logger = getLogger()
     logger.info(config)
 
-    built = build_run(config, dataset=prebuilt_dataset)
-    trainer, recommender = built.trainer, built.model
-    trainer.run_identity = run_identity(run_config_of(config), built.dataset)
-    epoch_callback = None
-    if callback_fn is not None:
-        def epoch_callback(epoch_idx: int, valid_score: float) -> None:
-            callback_fn(epoch_idx, valid_score, trainer)
-
-    try:
-        if resume:
-            trainer.resume_checkpoint(find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume),
-                                      built.train_data)
-        best_valid_score, best_valid_result = trainer.fit(
-            built.train_data, built.valid_data, saved=saved, show_progress=config["show_progress"],
-            callback_fn=epoch_callback,
+    built, trainer, best_valid_score, best_valid_result = _train(
+        config, saved=saved, resume=resume, callback_fn=callback_fn, prebuilt_dataset=prebuilt_dataset
+    )
+    id_check = None
+    if id_check_applies(config):
+        (built, trainer, best_valid_score, best_valid_result), id_check = _check_against_ids(
+            config, (built, trainer, best_valid_score, best_valid_result), saved=saved, logger=logger
         )
+    recommender = built.model
+    try:
         test_result = None
         if evaluate_test:
             test_result = trainer.evaluate(
                 built.test_data, load_best_model=saved, show_progress=config["show_progress"]
             )
     except Interrupted as stop:
-        stop.resume_file = getattr(trainer, "last_resume_file", None)  # what the CLI's line points at
+        stop.resume_file = getattr(trainer, "last_resume_file", None)
         raise
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
@@ -159,9 +154,11 @@ def run(
     }
     record.update(model_report(recommender))
     record.update(trainer.report())
+    if id_check is not None:
+        record["id_check"] = id_check
     if export_dir is not None and is_writer:
         # The weights just tested: the best checkpoint's when saved, else the last epoch's.
-        record["export"] = str(export_model(recommender, built.train_data._dataset, config, export_dir))
+        record["export"] = str(export_model(recommender, built.train_data._dataset, built.config, export_dir))
         logger.info(f"model exported to {export_dir}")
     if result_file:
         write_result(record, result_file)
@@ -172,6 +169,55 @@ def run(
         if result_file and record["plots"]:
             write_result(record, result_file)
     return record
+
+
+def _train(config: Config, *, saved: bool, resume: str | Path | None = None,
+           callback_fn: Callable[[int, float, Any], None] | None = None, prebuilt_dataset: Any = None):
+    """Build and fit the run ``config`` describes: ``(built, trainer, best_valid_score, best_valid_result)``."""
+    built = build_run(config, dataset=prebuilt_dataset)
+    trainer = built.trainer
+    trainer.run_identity = run_identity(run_config_of(config), built.dataset)
+    epoch_callback = None
+    if callback_fn is not None:
+        def epoch_callback(epoch_idx: int, valid_score: float) -> None:
+            callback_fn(epoch_idx, valid_score, trainer)
+
+    try:
+        if resume:
+            trainer.resume_checkpoint(find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume),
+                                      built.train_data)
+        best_valid_score, best_valid_result = trainer.fit(
+            built.train_data, built.valid_data, saved=saved, show_progress=config["show_progress"],
+            callback_fn=epoch_callback,
+        )
+    except Interrupted as stop:
+        stop.resume_file = getattr(trainer, "last_resume_file", None)  # what the CLI's line points at
+        raise
+    return built, trainer, best_valid_score, best_valid_result
+
+
+def _check_against_ids(config: Config, content: tuple, *, saved: bool, logger: logging.Logger):
+    """Train the ID-only twin of ``config`` (:mod:`recbole_perpeft.id_check`); the trained run to
+    serve (``content`` or the twin's) and the record of the check."""
+    logger.info("ID-only check (id_fallback: True): training the same backbone over item IDs alone")
+    twin = _train(id_only_config(config), saved=saved)
+    metric = config["valid_metric"]
+    content_score, id_only_score = float(content[2]), float(twin[2])
+    served = choose(content_score, id_only_score)
+    # Dropping the content model is worth a warning: it is not what a PerPEFT run usually serves.
+    (logger.warning if served == "id_only" else logger.info)(check_line(metric, content_score, id_only_score, served))
+
+    def summary(run: tuple) -> dict[str, Any]:
+        trainer = run[1]
+        return {
+            "best_valid_score": float(run[2]),
+            "epochs_run": len(trainer.train_loss_dict),
+            "train_seconds": float(sum(trainer.train_epoch_seconds)),
+            "checkpoint": trainer.saved_model_file if saved else None,
+        }
+
+    record = {"valid_metric": metric, "served": served, "content": summary(content), "id_only": summary(twin)}
+    return (twin if served == "id_only" else content), record
 
 
 def draw_plots(record: dict[str, Any], out_dir: Path, logger: logging.Logger) -> list[str]:

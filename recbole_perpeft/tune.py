@@ -166,7 +166,9 @@ def _trial(
 
     torch.set_num_threads(max(1, threads))
     workdir = Path.cwd().resolve()  # Ray runs each trial in its own working directory
-    config_dict = {**fixed, **_plain(params), "checkpoint_dir": str(workdir / "checkpoints")}
+    # A trial reports its content run to Ray epoch by epoch, so it runs no ID-only check (which
+    # would train a second model Ray never sees) unless the search sets id_fallback itself.
+    config_dict = {"id_fallback": False, **fixed, **_plain(params), "checkpoint_dir": str(workdir / "checkpoints")}
 
     def report(epoch: int, valid_score: float, trainer) -> None:
         improved = trainer.cur_step == 0

@@ -44,6 +44,7 @@ TINY_PERPEFT = {
     "epochs": 3,
     "warmup_epochs": 1,
     "n_groups": 3,
+    "id_fallback": False,  # the ID-only check doubles a run: tests/test_id_check.py covers it
     "show_progress": False,
     "state": "WARNING",
     "plots": False,
