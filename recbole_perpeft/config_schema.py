@@ -39,6 +39,8 @@ class Kind(NamedTuple):
 PEFT_TYPES = ("lora", "ia3", "peft", "iisan", "none")
 #: How a user's training sequence becomes samples (recbole_perpeft.data.sequential).
 TRAIN_UNITS = ("user", "window", "prefix")
+#: ``train_unit`` values a config may hold (``auto`` is resolved once the data is loaded).
+TRAIN_UNIT_CHOICES = (*TRAIN_UNITS, "auto")
 #: Which epoch's state is tested (recbole_perpeft.trainer.selection).
 MODEL_SELECTION_MODES = ("group", "stage")
 LOSS_TYPES = ("BCE", "CE", "sampled_softmax")
@@ -176,8 +178,10 @@ SCHEMA: tuple[Key, ...] = (
              "paper); `CE`: softmax over all items (encodes the catalogue every step)", one_of(*LOSS_TYPES)),
     _perpeft("num_negatives", "shared negatives per step (per group in a batch) for `sampled_softmax`", integer(1)),
     _perpeft("train_unit", "`window`: a user's training items in windows of `MAX_ITEM_LIST_LENGTH` targets, each "
-             "a target once an epoch; `user`: the last window only (the paper); `prefix`: RecBole's augmentation",
-             one_of(*TRAIN_UNITS)),
+             "a target once an epoch; `user`: the last window only (the paper); `prefix`: RecBole's augmentation; "
+             "`auto`: `prefix` (batches of `train_batch_size` x `MAX_ITEM_LIST_LENGTH` rows) where windows would "
+             "shorten the history of more than half the training targets, else `window`",
+             one_of(*TRAIN_UNIT_CHOICES)),
     # PerPEFT: grouping, per-group modules, group negatives, model selection
     _perpeft("n_groups", "user groups; 1 = global PEFT (the baseline)", integer(1)),
     _perpeft("item_encoder", "the registered builder of the item encoder (foundation model + content cache + PEFT "
@@ -269,5 +273,5 @@ DATASET_KEYS: frozenset[str] = frozenset(key.name for key in SCHEMA if key.shape
 
 __all__ = [
     "BATCH_MODES", "DATASET_KEYS", "GROUPING_SEQUENCES", "KEYS", "LOSS_TYPES", "MODEL_SELECTION_MODES",
-    "NOT_SHAPING", "PEFT_TYPES", "PRECISIONS", "SCHEMA", "TRAIN_UNITS", "Key", "Kind",
+    "NOT_SHAPING", "PEFT_TYPES", "PRECISIONS", "SCHEMA", "TRAIN_UNITS", "TRAIN_UNIT_CHOICES", "Key", "Kind",
 ]

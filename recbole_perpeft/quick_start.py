@@ -154,6 +154,8 @@ def run(
     }
     record.update(model_report(recommender))
     record.update(trainer.report())
+    if getattr(built.dataset, "train_unit_choice", None):
+        record["train_unit_choice"] = built.dataset.train_unit_choice
     if id_check is not None:
         record["id_check"] = id_check
     if export_dir is not None and is_writer:

@@ -3,6 +3,7 @@ selection by stage and per group, grouping quality, and ``recipe: paper``."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_PERPEFT
@@ -85,6 +86,32 @@ def test_window_unit_makes_every_training_interaction_a_target_once(small_data):
     # every training interaction but each user's first, which no item precedes
     assert len(trained) == len(known) - len(set(users[:, 0].tolist()))
     assert len(dataset) < len(known) / 2  # windows of 4 targets: far fewer rows than prefixes
+
+
+def test_window_cut_share_counts_the_targets_windows_shorten():
+    from recbole_perpeft.data.sequential import window_cut_share
+
+    # 12 training items, windows of 10: targets 1..11; the last window (targets 2..11, inputs from
+    # item 1) shows targets 2..10 fewer items than a prefix does: 9 of 11.
+    assert window_cut_share(np.array([12]), 10) == pytest.approx(9 / 11)
+    assert window_cut_share(np.array([10, 11, 3]), 10) == 0.0  # one window holds the whole history
+    assert window_cut_share(np.array([1, 0]), 10) == 0.0  # no target at all
+
+
+@pytest.mark.parametrize("window, unit", [(3, "prefix"), (40, "window")])
+def test_auto_train_unit_follows_the_histories(small_data, window, unit):
+    """mmsmall's users hold 5-60 items: windows of 3 shorten most targets' history (prefix, with
+    batches of as many targets as 64 windows), windows of 40 few (window)."""
+    model, train_data = _model_and_data(small_data, train_unit="auto", MAX_ITEM_LIST_LENGTH=window,
+                                        train_batch_size=64)
+    choice = train_data._dataset.train_unit_choice
+    assert choice["train_unit"] == unit == model.train_unit
+    assert (choice["targets_shortened_by_windows"] > 0.5) == (unit == "prefix")
+    assert train_data.batch_size == choice["train_batch_size"] == (64 * window if unit == "prefix" else 64)
+    rows = train_data._dataset
+    history = rows.history
+    targets = sum(len(history.of_user(u)) - 1 for u in set(rows.inter_feat[model.USER_ID].tolist()))
+    assert (len(rows) == targets) == (unit == "prefix")  # a prefix row per target
 
 
 def test_stage_selection_tests_a_personalised_epoch(small_data):
