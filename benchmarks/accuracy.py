@@ -173,19 +173,37 @@ def comparisons(records: list[dict], dataset: str) -> list[list]:
     return out
 
 
+def train_seconds(record: dict) -> float:
+    """A run's training seconds, the ID-only check's twin included."""
+    check = record.get("id_check")
+    if check:
+        return check["content"]["train_seconds"] + check["id_only"]["train_seconds"]
+    return float(sum(record.get("train_epoch_seconds", [])))
+
+
+def ids_served(records: list[dict]) -> str:
+    """On how many seeds the ID-only check served the ID-only backbone (``-``: no check ran)."""
+    checked = [r["id_check"]["served"] for r in records if r.get("id_check")]
+    return f"{checked.count('id_only')}/{len(checked)}" if checked else "-"
+
+
 def table(records: list[dict]) -> str:
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in records):
         rows = []
         for row in dict.fromkeys(r["row"] for r in records if r["dataset"] == dataset):
             tests = list(_tests(records, dataset, row).values())
-            epochs = [len(r["record"]["train_loss"]) for r in records if r["dataset"] == dataset and r["row"] == row]
-            rows.append([row, len(tests), max(epochs), *(mean_std([t[m] for t in tests]) for m in METRICS)])
+            kept = [r["record"] for r in records if r["dataset"] == dataset and r["row"] == row]
+            epochs = [len(r["train_loss"]) for r in kept]
+            seconds = statistics.mean(map(train_seconds, kept))
+            rows.append([row, len(tests), max(epochs), ids_served(kept), f"{seconds:.0f}",
+                         *(mean_std([t[m] for t in tests]) for m in METRICS)])
         spec = SETTINGS[dataset]
         out.append(f"### {dataset} (test, mean ± std over seeds; --dataset={spec['dataset']} "
                    f"{' '.join(spec['args'])}; PerPEFT rows {' '.join(spec['perpeft_args']) or 'defaults'}; "
                    f"baselines {' '.join([*WINDOW, *spec['baseline_args']])})\n\n"
-                   + markdown_table(["model", "seeds", "epochs run", *(m.upper() for m in METRICS)], rows))
+                   + markdown_table(["model", "seeds", "epochs run", "ID-only served", "train s",
+                                     *(m.upper() for m in METRICS)], rows))
         compared = comparisons(records, dataset)
         if compared:
             out.append("\n" + markdown_table(["model", "against", "test NDCG@20", "seeds at least as good"],

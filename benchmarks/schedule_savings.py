@@ -35,7 +35,25 @@ def _records(folder: Path) -> dict[str, dict]:
 
 
 def _train_seconds(record: dict) -> float:
+    """The content run's training seconds (with the ID-only check, the record's own may be the twin's)."""
+    if "id_check" in record:
+        return float(record["id_check"]["content"]["train_seconds"])
     return float(sum(record.get("train_epoch_seconds", [])))
+
+
+def _check_seconds(record: dict) -> float:
+    """What the ID-only check added: its twin's training seconds (0 without the check)."""
+    return float(record["id_check"]["id_only"]["train_seconds"]) if "id_check" in record else 0.0
+
+
+def _content_schedule(record: dict) -> dict:
+    return record["id_check"]["content"]["schedule"] if "id_check" in record else record["schedule"]
+
+
+def _content_epochs(record: dict) -> int:
+    if "id_check" in record:
+        return int(record["id_check"]["content"]["epochs_run"])
+    return len(record["train_epoch_seconds"])
 
 
 def pairs(auto_runs: Path = AUTO_RUNS, fixed_runs: Path = FIXED_RUNS) -> list[dict]:
@@ -47,12 +65,13 @@ def pairs(auto_runs: Path = AUTO_RUNS, fixed_runs: Path = FIXED_RUNS) -> list[di
             continue
         before = fixed[name]
         dataset, row, seed = name[: -len(".json")].split("__")
-        schedule = auto["schedule"]
+        schedule = _content_schedule(auto)
         rows.append({
             "dataset": dataset, "row": row, "seed": int(seed),
-            "epochs_auto": len(auto["train_epoch_seconds"]), "epochs_fixed": len(before["train_epoch_seconds"]),
+            "epochs_auto": _content_epochs(auto), "epochs_fixed": len(before["train_epoch_seconds"]),
             "grouped_at": [g["epoch"] for g in schedule.get("grouped", [])],
             "train_seconds_auto": _train_seconds(auto), "train_seconds_fixed": _train_seconds(before),
+            "train_seconds_id_check": _check_seconds(auto),
             "valid_auto": auto["best_valid_score"], "valid_fixed": before["best_valid_score"],
             "test_auto": auto["test_result"]["ndcg@20"], "test_fixed": before["test_result"]["ndcg@20"],
         })
@@ -61,12 +80,15 @@ def pairs(auto_runs: Path = AUTO_RUNS, fixed_runs: Path = FIXED_RUNS) -> list[di
 
 def table(rows: list[dict]) -> str:
     lines = [["dataset", "row", "seed", "epochs auto / fixed", "grouped at", "train s auto / fixed",
-              "valid NDCG@20 auto / fixed", "test NDCG@20 auto / fixed"]]
+              "+ ID-only check", "valid NDCG@20 auto / fixed", "test NDCG@20 auto / fixed"]]
     for r in rows:
+        with_check = r["train_seconds_auto"] + r.get("train_seconds_id_check", 0.0)
         lines.append([r["dataset"], r["row"], str(r["seed"]), f"{r['epochs_auto']} / {r['epochs_fixed']}",
                       ", ".join(map(str, r["grouped_at"])) or "-",
                       f"{r['train_seconds_auto']:.0f} / {r['train_seconds_fixed']:.0f} "
                       f"({r['train_seconds_auto'] / max(r['train_seconds_fixed'], 1e-9):.2f}x)",
+                      f"{with_check:.0f} ({with_check / max(r['train_seconds_fixed'], 1e-9):.2f}x)"
+                      if r.get("train_seconds_id_check") else "-",
                       f"{r['valid_auto']:.4f} / {r['valid_fixed']:.4f}",
                       f"{r['test_auto']:.4f} / {r['test_fixed']:.4f}"])
     summary = []
@@ -75,9 +97,12 @@ def table(rows: list[dict]) -> str:
             group = [r for r in rows if r["dataset"] == dataset and r["row"] == row]
             epochs = statistics.mean(r["epochs_auto"] / r["epochs_fixed"] for r in group)
             seconds = statistics.mean(r["train_seconds_auto"] / r["train_seconds_fixed"] for r in group)
-            summary.append([dataset, row, str(len(group)), f"{epochs:.2f}", f"{seconds:.2f}"])
+            checked = statistics.mean((r["train_seconds_auto"] + r.get("train_seconds_id_check", 0.0))
+                                      / r["train_seconds_fixed"] for r in group)
+            summary.append([dataset, row, str(len(group)), f"{epochs:.2f}", f"{seconds:.2f}", f"{checked:.2f}"])
     return (markdown_table(lines[0], lines[1:]) + "\nMean ratios, auto / fixed:\n\n"
-            + markdown_table(["dataset", "row", "seeds", "epochs", "training seconds"], summary))
+            + markdown_table(["dataset", "row", "seeds", "epochs", "training seconds",
+                              "training seconds with the ID-only check"], summary))
 
 
 def main() -> None:

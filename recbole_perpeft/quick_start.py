@@ -216,6 +216,7 @@ def _check_against_ids(config: Config, content: tuple, *, saved: bool, logger: l
             "epochs_run": len(trainer.train_loss_dict),
             "train_seconds": float(sum(trainer.train_epoch_seconds)),
             "checkpoint": trainer.saved_model_file if saved else None,
+            "schedule": trainer.schedule_report() if hasattr(trainer, "schedule_report") else None,
         }
 
     record = {"valid_metric": metric, "served": served, "content": summary(content), "id_only": summary(twin)}

@@ -189,4 +189,28 @@ def test_schedule_savings_pairs_auto_runs_with_their_fixed_twins(tmp_path):
     row = rows[0]
     assert (row["epochs_auto"], row["epochs_fixed"], row["grouped_at"]) == (6, 10, [3])
     assert (row["train_seconds_auto"], row["train_seconds_fixed"]) == (12.0, 20.0)
-    assert "| ds | PerPEFT_iisan | 1 | 0.60 | 0.60 |" in table(rows)
+    assert "| ds | PerPEFT_iisan | 1 | 0.60 | 0.60 | 0.60 |" in table(rows)
+
+    # With the ID-only check the content run's own seconds and epochs are compared, and the twin's
+    # seconds are added in a column of their own (here the twin was served: its schedule is the record's).
+    checked = json.loads(record([1.0] * 4, 0.31, 0.2, {"grouped": []}))
+    checked["id_check"] = {"served": "id_only",
+                           "content": {"train_seconds": 10.0, "epochs_run": 5, "schedule": {"grouped": [{"epoch": 2}]}},
+                           "id_only": {"train_seconds": 4.0, "epochs_run": 4, "schedule": {"grouped": []}}}
+    (auto / "ds__PerPEFT_iisan__2020.json").write_text(json.dumps(checked))
+    row = pairs(auto, fixed)[0]
+    assert (row["epochs_auto"], row["grouped_at"], row["train_seconds_auto"], row["train_seconds_id_check"]) == (
+        5, [2], 10.0, 4.0)
+    assert "| ds | PerPEFT_iisan | 1 | 0.50 | 0.50 | 0.70 |" in table([row])
+
+
+def test_accuracy_counts_the_id_only_check():
+    from benchmarks.accuracy import ids_served, train_seconds
+
+    def checked(served):
+        return {"train_epoch_seconds": [1.0], "id_check": {
+            "served": served, "content": {"train_seconds": 30.0}, "id_only": {"train_seconds": 5.0}}}
+
+    assert ids_served([checked("id_only"), checked("content"), {"train_epoch_seconds": [2.0]}]) == "1/2"
+    assert ids_served([{"train_epoch_seconds": [2.0]}]) == "-"
+    assert train_seconds(checked("id_only")) == 35.0 and train_seconds({"train_epoch_seconds": [2.0, 3.0]}) == 5.0
