@@ -55,7 +55,7 @@ def test_two_process_gloo_perpeft_matches_one_process(tmp_path):
     generate_mmdemo(tmp_path / "data" / "mmddp", n_users=200, n_items=200, seed=7)
     settings = {"foundation_model": "tiny-clip", "data_path": str(tmp_path / "data"), "train_batch_size": 64,
                 "learning_rate": 2e-3, "weight_decay": 0.0, "epochs": 2, "warmup_epochs": 1, "n_groups": 2,
-                "show_progress": False, "state": "WARNING", **NO_DROPOUT}
+                "id_fallback": False, "show_progress": False, "state": "WARNING", **NO_DROPOUT}
     args = ["--model=PerPEFT", "--dataset=mmddp", *cli_args(settings)]
     single = _run(tmp_path, "single", args)
     double = _run(tmp_path, "ddp", [*args, "--nproc=2"])

@@ -47,7 +47,7 @@ ROWS = "".join(f"u{u}\ti{(u * 7 + k * 3) % 25}\t{u * 10 + k}\n" for u in range(3
 SASREC = ["--model=SASRec", "--hidden_size=8", "--inner_size=8", "--n_layers=1", "--n_heads=1", "--epochs=1",
           "--show_progress=False", "--plots=False", "--topk=[5]", "--valid_metric=NDCG@5"]
 PERPEFT = ["--model=PerPEFT", "--foundation_model=tiny-clip", "--epochs=1", "--n_groups=1", "--show_progress=False",
-           "--plots=False", "--topk=[5]", "--valid_metric=NDCG@5"]
+           "--plots=False", "--topk=[5]", "--valid_metric=NDCG@5", "--id_fallback=False"]
 
 
 @pytest.fixture(scope="module")

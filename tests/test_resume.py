@@ -81,6 +81,7 @@ def test_perpeft_killed_mid_epoch_resumes_to_identical_metrics(tmp_path, after_e
         "--model=PerPEFT", "--dataset=mmsmall", f"--data_path={data}", "--foundation_model=tiny-clip",
         "--epochs=4", "--warmup_epochs=2", "--n_groups=3", "--train_batch_size=64",
         "--learning_rate=2e-3", "--show_progress=False", f"--cache_dir={tmp_path / 'cache'}",
+        "--id_fallback=False",  # the content run is what is resumed (the ID-only check retrains its twin)
     ]
     resumed = _kill_and_resume(args, tmp_path, after_epochs)
     clean = _uninterrupted(args, tmp_path)

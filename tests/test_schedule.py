@@ -163,7 +163,9 @@ def test_fixed_schedule_and_paper_recipe_are_unchanged(small_data, name):
         settings = {**TINY_PERPEFT, "recipe": "paper", "epochs": 3, "warmup_epochs": 2, "train_batch_size": 64,
                     "learning_rate": 2e-3}
     else:
-        settings = {**SMALL, "epochs": 4, "warmup_epochs": 2, "peft_type": "lora", "schedule": "fixed"}
+        # train_unit: window was the default then (auto now picks by the data)
+        settings = {**SMALL, "epochs": 4, "warmup_epochs": 2, "peft_type": "lora", "schedule": "fixed",
+                    "train_unit": "window"}
     record = run_recbole_perpeft("PerPEFT", "mmsmall", config_dict={**settings, "data_path": small_data})
     assert record["schedule"]["mode"] == "fixed"
     assert record["test_result"] == BEFORE_AUTO[name]
