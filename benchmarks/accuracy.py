@@ -47,7 +47,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import last_flag_wins, machine, markdown_table, mean_std, run_cli, scratch_folder, write_outputs  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    content_train_seconds,
+    id_check_train_seconds,
+    last_flag_wins,
+    machine,
+    markdown_table,
+    mean_std,
+    run_cli,
+    scratch_folder,
+    write_outputs,
+)
 
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
 BACKENDS = ("lora", "ia3", "iisan")
@@ -175,10 +185,7 @@ def comparisons(records: list[dict], dataset: str) -> list[list]:
 
 def train_seconds(record: dict) -> float:
     """A run's training seconds, the ID-only check's twin included."""
-    check = record.get("id_check")
-    if check:
-        return check["content"]["train_seconds"] + check["id_only"]["train_seconds"]
-    return float(sum(record.get("train_epoch_seconds", [])))
+    return content_train_seconds(record) + id_check_train_seconds(record)
 
 
 def ids_served(records: list[dict]) -> str:

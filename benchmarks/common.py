@@ -89,6 +89,19 @@ def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600,
     return record
 
 
+def content_train_seconds(record: dict[str, Any]) -> float:
+    """A run's own training seconds; with the ID-only check (``id_check``), the content run's (the
+    record's own epochs may be the ID-only twin's, when that was served)."""
+    if "id_check" in record:
+        return float(record["id_check"]["content"]["train_seconds"])
+    return float(sum(record.get("train_epoch_seconds", [])))
+
+
+def id_check_train_seconds(record: dict[str, Any]) -> float:
+    """What the ID-only check added to a run: its twin's training seconds (0 without the check)."""
+    return float(record["id_check"]["id_only"]["train_seconds"]) if "id_check" in record else 0.0
+
+
 def mean_std(values: list[float]) -> str:
     """``mean ± std`` to 4 decimals; a single value alone."""
     if len(values) == 1:

@@ -23,7 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, markdown_table, write_outputs  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    content_train_seconds,
+    id_check_train_seconds,
+    machine,
+    markdown_table,
+    write_outputs,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AUTO_RUNS = RESULTS / "accuracy_runs"
@@ -32,18 +38,6 @@ FIXED_RUNS = RESULTS / "accuracy_runs_earlier" / "fixed_schedule_380cb61"
 
 def _records(folder: Path) -> dict[str, dict]:
     return {file.name: json.loads(file.read_text()) for file in sorted(folder.glob("*.json"))}
-
-
-def _train_seconds(record: dict) -> float:
-    """The content run's training seconds (with the ID-only check, the record's own may be the twin's)."""
-    if "id_check" in record:
-        return float(record["id_check"]["content"]["train_seconds"])
-    return float(sum(record.get("train_epoch_seconds", [])))
-
-
-def _check_seconds(record: dict) -> float:
-    """What the ID-only check added: its twin's training seconds (0 without the check)."""
-    return float(record["id_check"]["id_only"]["train_seconds"]) if "id_check" in record else 0.0
 
 
 def _content_schedule(record: dict) -> dict:
@@ -70,8 +64,8 @@ def pairs(auto_runs: Path = AUTO_RUNS, fixed_runs: Path = FIXED_RUNS) -> list[di
             "dataset": dataset, "row": row, "seed": int(seed),
             "epochs_auto": _content_epochs(auto), "epochs_fixed": len(before["train_epoch_seconds"]),
             "grouped_at": [g["epoch"] for g in schedule.get("grouped", [])],
-            "train_seconds_auto": _train_seconds(auto), "train_seconds_fixed": _train_seconds(before),
-            "train_seconds_id_check": _check_seconds(auto),
+            "train_seconds_auto": content_train_seconds(auto), "train_seconds_fixed": content_train_seconds(before),
+            "train_seconds_id_check": id_check_train_seconds(auto),
             "valid_auto": auto["best_valid_score"], "valid_fixed": before["best_valid_score"],
             "test_auto": auto["test_result"]["ndcg@20"], "test_fixed": before["test_result"]["ndcg@20"],
         })
