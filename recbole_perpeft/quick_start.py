@@ -12,10 +12,11 @@ import os
 import resource
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from logging import getLogger
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from recbole.utils import init_logger
@@ -111,24 +112,18 @@ def run(
     logger = getLogger()
     logger.info(config)
 
-    built, trainer, best_valid_score, best_valid_result = _train(
-        config, saved=saved, resume=resume, callback_fn=callback_fn, prebuilt_dataset=prebuilt_dataset
-    )
+    served = _train(config, saved=saved, resume=resume, callback_fn=callback_fn, prebuilt_dataset=prebuilt_dataset)
     id_check = None
     if id_check_applies(config):
-        (built, trainer, best_valid_score, best_valid_result), id_check = _check_against_ids(
-            config, (built, trainer, best_valid_score, best_valid_result), saved=saved, logger=logger
-        )
+        served, id_check = _check_against_ids(config, served, saved=saved, logger=logger)
+    built, trainer, best_valid_score, best_valid_result = served
     recommender = built.model
-    try:
-        test_result = None
-        if evaluate_test:
+    test_result = None
+    if evaluate_test:
+        with _resume_file_on_interrupt(trainer):
             test_result = trainer.evaluate(
                 built.test_data, load_best_model=saved, show_progress=config["show_progress"]
             )
-    except Interrupted as stop:
-        stop.resume_file = getattr(trainer, "last_resume_file", None)
-        raise
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
 
@@ -173,9 +168,28 @@ def run(
     return record
 
 
+class _Trained(NamedTuple):
+    """One fitted run: what :func:`recbole_perpeft.run.build_run` built, and its best validation."""
+
+    built: Any
+    trainer: Any
+    best_valid_score: float
+    best_valid_result: dict | None
+
+
+@contextmanager
+def _resume_file_on_interrupt(trainer: Any) -> Iterator[None]:
+    """An interrupted run's :class:`Interrupted` names the file to resume from (the CLI's line)."""
+    try:
+        yield
+    except Interrupted as stop:
+        stop.resume_file = getattr(trainer, "last_resume_file", None)
+        raise
+
+
 def _train(config: Config, *, saved: bool, resume: str | Path | None = None,
-           callback_fn: Callable[[int, float, Any], None] | None = None, prebuilt_dataset: Any = None):
-    """Build and fit the run ``config`` describes: ``(built, trainer, best_valid_score, best_valid_result)``."""
+           callback_fn: Callable[[int, float, Any], None] | None = None, prebuilt_dataset: Any = None) -> _Trained:
+    """Build and fit the run ``config`` describes."""
     built = build_run(config, dataset=prebuilt_dataset)
     trainer = built.trainer
     trainer.run_identity = run_identity(run_config_of(config), built.dataset)
@@ -184,7 +198,7 @@ def _train(config: Config, *, saved: bool, resume: str | Path | None = None,
         def epoch_callback(epoch_idx: int, valid_score: float) -> None:
             callback_fn(epoch_idx, valid_score, trainer)
 
-    try:
+    with _resume_file_on_interrupt(trainer):
         if resume:
             trainer.resume_checkpoint(find_resume_file(config["checkpoint_dir"], trainer.run_identity, resume),
                                       built.train_data)
@@ -192,31 +206,28 @@ def _train(config: Config, *, saved: bool, resume: str | Path | None = None,
             built.train_data, built.valid_data, saved=saved, show_progress=config["show_progress"],
             callback_fn=epoch_callback,
         )
-    except Interrupted as stop:
-        stop.resume_file = getattr(trainer, "last_resume_file", None)  # what the CLI's line points at
-        raise
-    return built, trainer, best_valid_score, best_valid_result
+    return _Trained(built, trainer, best_valid_score, best_valid_result)
 
 
-def _check_against_ids(config: Config, content: tuple, *, saved: bool, logger: logging.Logger):
+def _check_against_ids(config: Config, content: _Trained, *, saved: bool,
+                       logger: logging.Logger) -> tuple[_Trained, dict[str, Any]]:
     """Train the ID-only twin of ``config`` (:mod:`recbole_perpeft.id_check`); the trained run to
-    serve (``content`` or the twin's) and the record of the check."""
+    serve (``content`` or the twin) and the record of the check."""
     logger.info("ID-only check (id_fallback: True): training the same backbone over item IDs alone")
     twin = _train(id_only_config(config), saved=saved)
     metric = config["valid_metric"]
-    content_score, id_only_score = float(content[2]), float(twin[2])
+    content_score, id_only_score = float(content.best_valid_score), float(twin.best_valid_score)
     served = choose(content_score, id_only_score)
     # Dropping the content model is worth a warning: it is not what a PerPEFT run usually serves.
     (logger.warning if served == "id_only" else logger.info)(check_line(metric, content_score, id_only_score, served))
 
-    def summary(run: tuple) -> dict[str, Any]:
-        trainer = run[1]
+    def summary(run: _Trained) -> dict[str, Any]:
         return {
-            "best_valid_score": float(run[2]),
-            "epochs_run": len(trainer.train_loss_dict),
-            "train_seconds": float(sum(trainer.train_epoch_seconds)),
-            "checkpoint": trainer.saved_model_file if saved else None,
-            "schedule": trainer.schedule_report() if hasattr(trainer, "schedule_report") else None,
+            "best_valid_score": float(run.best_valid_score),
+            "epochs_run": len(run.trainer.train_loss_dict),
+            "train_seconds": float(sum(run.trainer.train_epoch_seconds)),
+            "checkpoint": run.trainer.saved_model_file if saved else None,
+            "schedule": run.trainer.schedule_report(),  # both are PerPEFT runs (id_check_applies)
         }
 
     record = {"valid_metric": metric, "served": served, "content": summary(content), "id_only": summary(twin)}

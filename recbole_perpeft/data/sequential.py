@@ -162,7 +162,7 @@ class PluginSequentialDataset(SequentialDataset):
 
     def build(self):
         self._report_short_users()
-        self.train_unit_choice = resolve_train_unit(self.config, self) or getattr(self, "train_unit_choice", None)
+        self.train_unit_choice = resolve_train_unit(self.config, self)
         train, valid, test = super().build()
         n_users, n_items = self.user_num, self.item_num
         train_users, train_items = sequence_items(train)
