@@ -45,7 +45,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from benchmarks.common import (  # noqa: E402
     content_train_seconds,
@@ -99,7 +100,21 @@ SETTINGS: dict[str, dict] = {
                       "backends": ["lora", "iisan"]},
 }
 DEFAULT_SETTINGS = ["mmdemo", "ml-100k", "scientific", "scientific-1k"]
-ID_ONLY = ["--peft_type=none", "--content_weight=0", "--learn_content_weight=False"]
+
+
+def id_only_flags() -> list[str]:
+    """The ``global, ID only`` row is the ID-only check's twin (recbole_perpeft/id_check.py): the
+    content run's flags, then the default ``id_fallback_config``, then what makes it ID-only."""
+    import yaml
+
+    from recbole_perpeft.id_check import ID_ONLY_SETTINGS
+
+    defaults = yaml.safe_load((REPO / "properties" / "model" / "PerPEFT.yaml").read_text())
+    settings = {**(defaults.get("id_fallback_config") or {}), **ID_ONLY_SETTINGS}
+    return [f"--{key}={value}" for key, value in settings.items()]
+
+
+ID_ONLY = id_only_flags()
 
 
 def row_args(setting: dict, row: str) -> list[str] | None:
@@ -116,7 +131,7 @@ def row_args(setting: dict, row: str) -> list[str] | None:
         return [f"--model={row}", *baseline]
     perpeft = ["--model=PerPEFT", *setting["perpeft_args"]]
     if row == "global, ID only":
-        return last_flag_wins([*perpeft, "--n_groups=1", *ID_ONLY])
+        return last_flag_wins([*perpeft, *ID_ONLY])
     if row == "global, frozen encoder":
         return last_flag_wins([*perpeft, "--n_groups=1", "--peft_type=none"])
     kind, backend = row.rsplit(" (", 1)

@@ -167,6 +167,9 @@ SCHEMA: tuple[Key, ...] = (
     _perpeft("id_fallback", "also train the same backbone over item IDs alone (`n_groups: 1`, `peft_type: none`, "
              "`content_weight: 0`) and serve it where its best validation score beats the content model's: never "
              "worse than the IDs on validation ([recipes.md](recipes.md#id-only-check-id_fallback))", boolean()),
+    _perpeft("id_fallback_config", "how the ID-only twin of `id_fallback` trains: settings on top of the run's "
+             "(default: RecBole's SASRec training, `learning_rate: 1.0e-3`, `patience: 10`, a cap of 200 epochs); "
+             "a mapping given replaces the default one as a whole", or_none(mapping())),
     _perpeft("scale_item_inputs", "item inputs times √hidden_size before positions are added (the reference)",
              boolean()),
     Key("TITLE_FIELD", "the `.item` column holding the title (`~`: none)", shapes_data=True),

@@ -92,6 +92,8 @@ def run(
     all metrics); ``evaluate_test=False`` skips the test split (``test_result`` is ``None``);
     ``prebuilt_dataset`` is a dataset object already built for the same data settings.
     """
+    # The ID-only twin's settings are checked now, not found wrong after the content run trained.
+    twin_config = id_only_config(config) if id_check_applies(config) else None
     is_writer = is_rank_zero(config)
     # Every output is checked before training, not found unwritable after it.
     if export_dir is not None and is_writer:
@@ -114,8 +116,8 @@ def run(
 
     served = _train(config, saved=saved, resume=resume, callback_fn=callback_fn, prebuilt_dataset=prebuilt_dataset)
     id_check = None
-    if id_check_applies(config):
-        served, id_check = _check_against_ids(config, served, saved=saved, logger=logger)
+    if twin_config is not None:
+        served, id_check = _check_against_ids(config, twin_config, served, saved=saved, logger=logger)
     built, trainer, best_valid_score, best_valid_result = served
     recommender = built.model
     test_result = None
@@ -209,12 +211,13 @@ def _train(config: Config, *, saved: bool, resume: str | Path | None = None,
     return _Trained(built, trainer, best_valid_score, best_valid_result)
 
 
-def _check_against_ids(config: Config, content: _Trained, *, saved: bool,
+def _check_against_ids(config: Config, twin_config: Config, content: _Trained, *, saved: bool,
                        logger: logging.Logger) -> tuple[_Trained, dict[str, Any]]:
-    """Train the ID-only twin of ``config`` (:mod:`recbole_perpeft.id_check`); the trained run to
-    serve (``content`` or the twin) and the record of the check."""
-    logger.info("ID-only check (id_fallback: True): training the same backbone over item IDs alone")
-    twin = _train(id_only_config(config), saved=saved)
+    """Train ``twin_config``, the ID-only twin of ``config`` (:mod:`recbole_perpeft.id_check`); the
+    trained run to serve (``content`` or the twin) and the record of the check."""
+    logger.info("ID-only check (id_fallback: True): training the same backbone over item IDs alone, "
+                f"with {dict(config['id_fallback_config'] or {})}")
+    twin = _train(twin_config, saved=saved)
     metric = config["valid_metric"]
     content_score, id_only_score = float(content.best_valid_score), float(twin.best_valid_score)
     served = choose(content_score, id_only_score)

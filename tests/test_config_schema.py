@@ -46,7 +46,8 @@ def test_docs_config_md_is_the_generated_key_reference():
 
 
 def test_the_derived_sets_are_those_of_before():
-    # the rules: those of before, plus the keys added since (item_encoder, schedule, patience, id_fallback)
+    # the rules: those of before, plus the keys added since (item_encoder, schedule, patience, id_fallback,
+    # id_fallback_config)
     from recbole_perpeft.run_identity import NOT_SHAPING
     from recbole_perpeft.tune import _DATASET_KEYS_EXTRA
 
@@ -55,7 +56,8 @@ def test_the_derived_sets_are_those_of_before():
     assert [rule.key for rule in RULES] == [
         "epochs", "train_batch_size", "eval_batch_size", "learning_rate", "nproc", "mixed_precision",
         "foundation_model", "peft_type", "peft_config", "content_weight", "cache_dir", "max_image_pixels",
-        "encode_batch_size", "recipe", "learn_content_weight", "id_fallback", "scale_item_inputs", "loss_type", "num_negatives",
+        "encode_batch_size", "recipe", "learn_content_weight", "id_fallback", "id_fallback_config", "scale_item_inputs",
+        "loss_type", "num_negatives",
         "train_unit", "n_groups", "item_encoder", "schedule", "patience", "warmup_epochs", "group_negatives", "regroup_every", "batch_mode",
         "grouping_sequence", "min_group_size", "grouping_truth", "model_selection",
     ]

@@ -12,20 +12,45 @@ from recbole_perpeft.id_check import check_line, choose, id_check_applies, id_on
 from recbole_perpeft.run import build_config
 
 SMALL = {**TINY_PERPEFT, "loss_type": "sampled_softmax", "num_negatives": 32, "peft_type": "iisan",
-         "schedule": "fixed", "epochs": 3, "warmup_epochs": 1}
+         "schedule": "fixed", "epochs": 3, "warmup_epochs": 1,
+         # the twin's own training, sized for a test (the default: RecBole's SASRec training, 200 epochs)
+         "id_fallback_config": {"learning_rate": 5e-3, "epochs": 4}}
 
 
 def test_the_twin_is_the_id_only_row(small_data):
     config = build_config("PerPEFT", "mmsmall", config_dict={**SMALL, "data_path": small_data, "id_fallback": True,
-                                                            "learning_rate": 5e-3})
+                                                            "weight_decay": 0.01})
     assert id_check_applies(config)
     twin = id_only_config(config)
     assert (twin["n_groups"], twin["peft_type"], twin["content_weight"]) == (1, "none", 0.0)
     assert not twin["learn_content_weight"] and not id_check_applies(twin)
-    # Everything else is the user's: the twin differs from the content run in what it shows items by.
-    assert (twin["learning_rate"], twin["epochs"], twin["seed"]) == (5e-3, 3, config["seed"])
+    # The twin trains as id_fallback_config says; everything else is the user's.
+    assert (twin["learning_rate"], twin["epochs"]) == (5e-3, 4)
+    assert (twin["weight_decay"], twin["seed"], twin["schedule"]) == (0.01, config["seed"], "fixed")
+
+
+def test_the_default_twin_trains_as_recbole_trains_sasrec(small_data):
+    config = build_config("PerPEFT", "mmsmall", config_dict={"data_path": small_data, "learning_rate": 2e-4})
+    twin = id_only_config(config)
+    assert (config["learning_rate"], config["patience"]) == (2e-4, 3)
+    assert (twin["learning_rate"], twin["patience"], twin["schedule"], twin["epochs"]) == (1e-3, 10, "auto", 200)
     paper = build_config("PerPEFT", "mmsmall", config_dict={"recipe": "paper", "data_path": small_data})
     assert not id_check_applies(paper)  # the reference serves its content model
+
+
+@pytest.mark.parametrize(("twin_settings", "message"), [
+    ("{n_groups: 2}", "id_fallback_config may not set n_groups: the ID-only twin is defined by"),
+    ("{learning_rate: -1}", "id_fallback_config: invalid configuration: learning_rate"),
+    ("7", "invalid configuration: id_fallback_config must be a mapping"),
+])
+def test_a_bad_twin_setting_stops_the_run_before_it_trains(small_data, tmp_path, twin_settings, message):
+    settings = {**SMALL, "id_fallback": True, "id_fallback_config": twin_settings}
+    result_file = tmp_path / "run.json"
+    run = run_cli("--model=PerPEFT", "--dataset=mmsmall", f"--data_path={small_data}",
+                  f"--result_file={result_file}", f"--checkpoint_dir={tmp_path / 'saved'}", *cli_args(settings))
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert not result_file.exists() and not list((tmp_path / "saved").glob("*.pth"))
 
 
 def test_choice_and_line():
