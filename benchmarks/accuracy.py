@@ -297,7 +297,8 @@ def main() -> None:
         generate_mmdemo(workdir / "data" / "mmquick", n_users=150, n_items=160, max_len=12)
         SETTINGS["mmquick"] = {"dataset": "mmquick", "baseline_args": ["--epochs=2"], "perpeft_args": [],
                                "args": ["--foundation_model=tiny-clip", "--epochs=2", "--warmup_epochs=1",
-                                        "--n_groups=2", "--train_batch_size=64"]}
+                                        "--n_groups=2", "--train_batch_size=64",
+                                        "--id_fallback_config={learning_rate: 1.0e-3, epochs: 2}"]}
         args.datasets, args.seeds = ["mmquick"], args.seeds[:1]
         extra.append(f"--data_path={workdir / 'data'}")
     elif any(name.startswith("scientific") for name in args.datasets) and not args.report:
@@ -323,7 +324,7 @@ def main() -> None:
             return None
         print(label, flush=True)
         record = run_cli(merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}", "--plots=False", *extra),
-                         workdir=workdir / run_name(run), timeout=6 * 3600)
+                         workdir=workdir / run_name(run), timeout=6 * 3600, id_check=True)
         record["flags"] = merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}")
         record["commit"] = machine().get("commit")
         file.write_text(json.dumps(record, indent=1) + "\n")

@@ -68,9 +68,15 @@ def machine() -> dict[str, Any]:
 
 
 def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600,
-            entry: list[str] | None = None) -> dict[str, Any]:
+            entry: list[str] | None = None, id_check: bool = False) -> dict[str, Any]:
     """Run ``run_recbole_perpeft.py`` (or the command ``entry``, which takes the same flags) in its
-    own process (clean peak-memory figures)."""
+    own process (clean peak-memory figures).
+
+    A benchmark measures the model it names: the ID-only check (``id_fallback``), which may serve
+    another model, is off unless ``id_check`` (the accuracy benchmark: the defaults as a user gets
+    them) or the flags set it."""
+    if not id_check and not any(flag.startswith("--id_fallback=") for flag in args):
+        args = [*args, "--id_fallback=False"]
     workdir = Path(workdir or scratch_folder("bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     result_file = workdir / f"result-{len(list(workdir.glob('result-*.json')))}.json"

@@ -86,7 +86,7 @@ def test_accuracy_benchmark_quick(tmp_path):
         assert 0 <= run["record"]["test_result"]["ndcg@30"] <= 1 and "hit@10" in run["record"]["test_result"]
     backbone = payload["runs"][0]["record"]["flags"]
     assert "--hidden_size=32" in backbone and "--loss_type=CE" in backbone and "--MAX_ITEM_LIST_LENGTH=10" in backbone
-    assert "--content_weight=0" in payload["runs"][1]["record"]["flags"]
+    assert "--content_weight=0.0" in payload["runs"][1]["record"]["flags"]
     table = out.with_suffix(".md").read_text()
     assert "| PerPEFT (iisan) | 1 |" in table
     assert "| PerPEFT (iisan) | global PEFT (iisan) |" in table and "| global PEFT (iisan) | global, ID only |" in table
