@@ -9,8 +9,8 @@ serves whichever of the two has the better best validation score. The choice is 
 validation only; the test split is evaluated once, on the model served. Both runs are seeded
 alike, so the content run is the same with or without the check.
 
-Why the twin trains its own way (``id_fallback_config``, by default RecBole's SASRec training:
-learning rate 1e-3, 10 validations of patience): the content model's small learning rate and
+Why the twin trains its own way (``id_fallback_config``, by default RecBole's SASRec learning
+rate 1e-3 and 20 validations of patience): the content model's small learning rate and
 short patience protect its adapters and save time on large data, but they stop an ID-only
 backbone early where validation is noisy (few users), and the fallback is only worth having if
 it is as strong as the ID baseline a user would otherwise run.
