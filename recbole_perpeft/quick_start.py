@@ -26,7 +26,7 @@ from recbole_perpeft.checkpoint import check_export_dir, export_model, run_confi
 from recbole_perpeft.config import Config
 from recbole_perpeft.distributed import is_rank_zero
 from recbole_perpeft.errors import ConfigError, Interrupted, StorageError
-from recbole_perpeft.id_check import check_line, choose, id_check_applies, id_only_config
+from recbole_perpeft.id_check import check_line, choose, id_check_applies, id_only_config, twin_settings
 from recbole_perpeft.model.protocol import model_report
 from recbole_perpeft.plots import plot_run, plots_dir_for
 from recbole_perpeft.run import build_config, build_run
@@ -233,7 +233,8 @@ def _check_against_ids(config: Config, twin_config: Config, content: _Trained, *
             "schedule": run.trainer.schedule_report(),  # both are PerPEFT runs (id_check_applies)
         }
 
-    record = {"valid_metric": metric, "served": served, "content": summary(content), "id_only": summary(twin)}
+    record = {"valid_metric": metric, "served": served, "content": summary(content), "id_only": summary(twin),
+              "id_only_settings": twin_settings(config)}
     return (twin if served == "id_only" else content), record
 
 

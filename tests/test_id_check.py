@@ -74,6 +74,8 @@ def test_the_run_serves_the_better_on_validation(small_data, tmp_path, content_w
     check = record["id_check"]
     content, id_only = check["content"]["best_valid_score"], check["id_only"]["best_valid_score"]
     assert check["served"] == choose(content, id_only)
+    assert check["id_only_settings"] == {"learning_rate": 5e-3, "epochs": 4, "n_groups": 1, "peft_type": "none",
+                                         "content_weight": 0.0, "learn_content_weight": False, "id_fallback": False}
     assert record["best_valid_score"] == max(content, id_only)
     assert record["checkpoint"] == check[check["served"]]["checkpoint"]
     assert check["content"]["checkpoint"] != check["id_only"]["checkpoint"]
