@@ -45,8 +45,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
     content_train_seconds,
@@ -107,9 +106,10 @@ def id_only_flags() -> list[str]:
     content run's flags, then the default ``id_fallback_config``, then what makes it ID-only."""
     import yaml
 
+    from recbole_perpeft.config import ConfigLoader, properties_dir
     from recbole_perpeft.id_check import ID_ONLY_SETTINGS
 
-    defaults = yaml.safe_load((REPO / "properties" / "model" / "PerPEFT.yaml").read_text())
+    defaults = yaml.load((properties_dir() / "model" / "PerPEFT.yaml").read_text(), Loader=ConfigLoader)
     settings = {**(defaults.get("id_fallback_config") or {}), **ID_ONLY_SETTINGS}
     return [f"--{key}={value}" for key, value in settings.items()]
 
