@@ -168,7 +168,7 @@ SCHEMA: tuple[Key, ...] = (
              "`content_weight: 0`) and serve it where its best validation score beats the content model's: never "
              "worse than the IDs on validation ([recipes.md](recipes.md#id-only-check-id_fallback))", boolean()),
     _perpeft("id_fallback_config", "how the ID-only twin of `id_fallback` trains: settings on top of the run's "
-             "(default: `learning_rate: 1.0e-3` as RecBole's SASRec, `patience: 20`, a cap of 200 epochs); "
+             "(default: `learning_rate: 1.0e-3` as RecBole's SASRec, `patience: 20`, a cap of 200 epochs, batch 64); "
              "a mapping given replaces the default one as a whole", or_none(mapping())),
     _perpeft("scale_item_inputs", "item inputs times √hidden_size before positions are added (the reference)",
              boolean()),
