@@ -54,7 +54,7 @@ from benchmarks.common import (  # noqa: E402
     machine,
     markdown_table,
     mean_std,
-    run_cli,
+    run_and_keep,
     scratch_folder,
     write_outputs,
 )
@@ -323,12 +323,10 @@ def main() -> None:
             print(f"{label}: not run yet", flush=True)
             return None
         print(label, flush=True)
-        record = run_cli(merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}", "--plots=False", *extra),
-                         workdir=workdir / run_name(run), timeout=6 * 3600, id_check=True)
-        record["flags"] = merged_flags(run["args"], *run["shared"], f"--seed={run['seed']}")
-        record["commit"] = machine().get("commit")
-        file.write_text(json.dumps(record, indent=1) + "\n")
-        return record
+        seed = f"--seed={run['seed']}"
+        return run_and_keep(file, merged_flags(run["args"], *run["shared"], seed, "--plots=False", *extra),
+                            merged_flags(run["args"], *run["shared"], seed), workdir / run_name(run),
+                            timeout=6 * 3600, id_check=True)
 
     # each run is its own process; --jobs > 1 runs that many at once (set OMP_NUM_THREADS so
     # that jobs x threads does not exceed the cores)

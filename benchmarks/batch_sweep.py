@@ -11,8 +11,10 @@ Records go to ``results/batch_sweep_runs/`` (a row whose record exists is not ru
 it to re-run), the table to ``results/batch_sweep.{json,md}``. The choice is made on the
 validation column; test is reported, never used. The ``fixed`` rows are the hand-set schedule the
 default replaced (20 epochs, PerPEFT grouped after 5, batch 64): the training seconds of the
-other rows are also given as a ratio to them, which compares only between records of one
-machine under the same load (``--jobs`` and what else ran: see the markdown's notes).
+other rows are also given as a ratio to them, which compares only between records made on one
+machine under the same load (what else ran beside them is not recorded: run the rows you compare
+back to back). "best epoch" is the epoch with the best validation over all users; PerPEFT serves
+each group from its own best epoch, so its validation score can exceed that epoch's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, markdown_table, run_cli, scratch_folder, write_outputs  # noqa: E402
+from benchmarks.common import machine, markdown_table, run_and_keep, scratch_folder, write_outputs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMON = ["--model=PerPEFT", "--dataset=scientific", "--foundation_model=all-MiniLM-L6-v2", "--peft_type=iisan",
@@ -87,14 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         if not file.is_file() and row in args.rows:
             print(f"{row} ...", flush=True)
             flags = [*COMMON, f"--data_path={data_path}", *ROWS[row][0]]
-            record = run_cli(flags, workdir=workdir / file.stem)
-            record["flags"], record["commit"] = flags, machine().get("commit")
-            file.write_text(json.dumps(record, indent=1) + "\n")
-        if file.is_file():
+            records[row] = run_and_keep(file, flags, flags, workdir / file.stem)
+        elif file.is_file():
             records[row] = json.loads(file.read_text())
-    text = f"## Training batch sweep, Amazon Scientific, IISAN, seed 2020 ({machine()['device']})\n\n" + table(records)
-    write_outputs(Path(args.out), {"machine": machine(), "rows": {r: ROWS[r][0] for r in ROWS}, "runs": records}, text)
-    print(text)
+    here = machine()
+    text = f"## Training batch sweep, Amazon Scientific, IISAN, seed 2020 ({here['device']})\n\n" + table(records)
+    write_outputs(Path(args.out), {"machine": here, "rows": {r: ROWS[r][0] for r in ROWS}, "runs": records}, text)
     return 0
 
 

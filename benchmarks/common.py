@@ -95,6 +95,17 @@ def run_cli(args: list[str], workdir: Path | None = None, timeout: int = 3600,
     return record
 
 
+def run_and_keep(file: Path, args: list[str], recorded_flags: list[str], workdir: Path, **run_cli_options: Any
+                 ) -> dict[str, Any]:
+    """:func:`run_cli`, then the record kept in ``file`` (a benchmark's resumable run) with the
+    flags it names the run by and the commit it ran at."""
+    record = run_cli(args, workdir=workdir, **run_cli_options)
+    record["flags"] = recorded_flags
+    record["commit"] = machine().get("commit")
+    file.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 def content_train_seconds(record: dict[str, Any]) -> float:
     """A run's own training seconds; with the ID-only check (``id_check``), the content run's (the
     record's own epochs may be the ID-only twin's, when that was served)."""
